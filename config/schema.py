@@ -1,0 +1,189 @@
+"""The structured config. Defaults are the embedded CPU default (configs/cpu_tiny.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class SQRMode(str, Enum):
+    slots = "slots"  # N latent slot tokens after <REFINE>, one prefill
+    recurrent = "recurrent"  # each latent fed back as the next input embedding
+
+
+class IndexType(str, Enum):
+    flat = "flat"
+    ivf = "ivf"
+    hnsw = "hnsw"
+
+
+class KLEstimator(str, Enum):
+    k1 = "k1"
+    k3 = "k3"
+
+
+class LossAggregation(str, Enum):
+    token_mean = "token_mean"
+    seq_mean = "seq_mean"
+
+
+class CorpusSource(str, Enum):
+    synth = "synth"
+    charades = "charades"
+    fig = "fig"
+    didemo = "didemo"
+    activitynet = "activitynet"
+
+
+@dataclass
+class PathsConfig:
+    # Everything a run writes or caches (corpus, tiny models, index, checkpoints) lives here.
+    workdir: str = "runs/default"
+    # Where tiny models are built and cached; shared across runs.
+    model_cache: str = ".cache/models"
+
+
+@dataclass
+class ModelConfig:
+    # A local Hugging Face directory, or "tiny" to build (once) and use the tiny model.
+    policy: str = "tiny"
+    embedder: str = "tiny"
+    dtype: str = "float32"
+    embed_instruction: str = "Represent the user's input."
+    seed: int = 0
+
+
+@dataclass
+class SynthConfig:
+    num_videos: int = 48
+    queries_per_video: int = 2
+    seconds: int = 12
+    size: int = 64  # frame width = height, pixels
+    fps: int = 4  # encoding frame rate; sampling rate is video.fps
+    near_duplicate_fraction: float = 0.25
+    seed: int = 0
+
+
+@dataclass
+class CorpusConfig:
+    source: CorpusSource = CorpusSource.synth
+    # Annotation file per split for imported corpora (split name -> path).
+    annotations: dict[str, str] = field(default_factory=dict)
+    video_dir: str = ""
+    strict: bool = False  # fail on the first malformed row instead of skipping it
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class VideoConfig:
+    fps: float = 1.0
+    max_frames: int = 64
+    # Pixel budget per frame (h*w); frames are resized to fit, keeping the aspect ratio.
+    max_pixels: int = 64 * 64
+    min_pixels: int = 32 * 32
+
+
+@dataclass
+class RetrievalConfig:
+    num_shards: int = 1
+    index_type: IndexType = IndexType.flat
+    topk: int = 10
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 16
+    hnsw_m: int = 32
+    use_gpu: bool = False
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+
+
+@dataclass
+class SQRConfig:
+    num_tokens: int = 8
+    mode: SQRMode = SQRMode.slots
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 128
+    seed: int = 0
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    max_turns: int = 3
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # vLLM KV cache per engine, GiB of host RAM on CPU (VLLM_CPU_KVCACHE_SPACE).
+    kv_cache_gib: float = 1.0
+    # Fraction of GPU memory per engine on GPU.
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    max_model_len: int = 4096
+    enable_prefix_caching: bool = True
+
+
+@dataclass
+class RewardConfig:
+    format: float = 0.5
+    verification: float = 1.0
+    retrieval: float = 0.5
+    grounding: float = 1.0
+    retrieval_improvement: bool = False
+
+
+@dataclass
+class LearnerConfig:
+    zero_stage: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    clip_eps: float = 0.2
+    clip_eps_high: float = 0.2  # set above clip_eps for asymmetric clipping
+    kl_beta: float = 0.01
+    kl_estimator: KLEstimator = KLEstimator.k3
+    loss_aggregation: LossAggregation = LossAggregation.token_mean
+    std_normalize_advantages: bool = True
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    infonce_tau: float = 0.1
+    infonce_lambda: float = 0.3
+    infonce_negatives: int = 7
+    train_vision_tower: bool = False
+    checkpoint_every: int = 10
+    logprob_mismatch_warn: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    sft_steps: int = 30
+    grpo_steps: int = 20
+    queries_per_step: int = 4
+    eval_split: str = "test"
+    seed: int = 0
+
+
+@dataclass
+class ResourcesConfig:
+    num_policy_workers: int = 1
+    num_index_shards: int = 1
+    num_learner_ranks: int = 1
+    gpus_per_policy_worker: float = 0.0
+    gpus_per_learner_rank: float = 0.0
+    gpus_per_index_shard: float = 0.0
+    cpus_per_actor: float = 1.0
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    sqr: SQRConfig = field(default_factory=SQRConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)

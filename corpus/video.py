@@ -1,0 +1,142 @@
+"""Video decoding: the only module that reads video bytes.
+
+Everything downstream (embedder, policy, rewards) sees frames as a uint8 array with a
+timestamp per frame, so the sampling rule lives here once. Decord raises untyped native
+errors (or plain RuntimeError) for every kind of bad file; they are mapped to typed
+errors naming the file, so a broken corpus entry can be reported or skipped by kind.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import decord
+import numpy as np
+
+
+class VideoDecodeError(Exception):
+    def __init__(self, path: str | Path, message: str):
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
+
+
+class VideoNotFoundError(VideoDecodeError):
+    pass
+
+
+class EmptyVideoError(VideoDecodeError):
+    pass
+
+
+class CorruptVideoError(VideoDecodeError):
+    pass
+
+
+@dataclass
+class DecodedVideo:
+    frames: np.ndarray  # uint8 [T, H, W, 3] RGB
+    timestamps: np.ndarray  # float64 [T], seconds from the start
+    duration_s: float
+    source_fps: float
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's rule: sides become multiples of the patch-merge factor, area kept in budget.
+
+    Rounding first keeps the aspect ratio closest; only an out-of-budget result is rescaled.
+    A side never drops below `factor`, which wins over a max_pixels smaller than factor**2;
+    an aspect ratio too extreme for the budget is squeezed rather than exceeding it.
+    """
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+        if h * w > max_pixels:  # extreme aspect: the short side sits at `factor`, trim the long one
+            long_side = max(factor, max_pixels // min(h, w) // factor * factor)
+            h, w = (long_side, w) if h > w else (h, long_side)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def _open(path: Path, **size) -> decord.VideoReader:
+    if not path.is_file():
+        raise VideoNotFoundError(path, "not a regular file" if path.exists() else "no such video file")
+    if path.stat().st_size == 0:
+        raise EmptyVideoError(path, "video file is empty (0 bytes)")
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, **size)
+    except Exception as e:  # decord raises DECORDError/RuntimeError for anything unreadable
+        raise CorruptVideoError(path, f"cannot open video: {_first_line(e)}") from e
+    if len(reader) == 0:
+        raise EmptyVideoError(path, "video has no frames")
+    fps = reader.get_avg_fps()
+    if not fps or not math.isfinite(fps) or fps <= 0:
+        raise CorruptVideoError(path, f"video reports an unusable frame rate {fps!r}")
+    return reader
+
+
+def _first_line(e: Exception) -> str:
+    # Decord appends a multi-line C++ stack trace to its messages.
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read(reader: decord.VideoReader, path: Path, indices: np.ndarray) -> np.ndarray:
+    try:
+        return reader.get_batch(indices.tolist()).asnumpy()
+    except Exception as e:
+        raise CorruptVideoError(path, f"cannot decode frames: {_first_line(e)}") from e
+
+
+def probe_video(path: str | Path) -> tuple[float, float, int]:
+    """(duration_s, fps, num_frames); duration is frames/fps, the span frames actually cover."""
+    path = Path(path)
+    reader = _open(path)
+    num_frames, fps = len(reader), float(reader.get_avg_fps())
+    return num_frames / fps, fps, num_frames
+
+
+def sample_times(duration_s: float, fps: float, max_frames: int) -> np.ndarray:
+    """Times k/fps inside [0, duration); thinned uniformly over the whole video past max_frames.
+
+    At least one frame (t=0) is returned, so a video shorter than one sampling period still
+    yields something to look at.
+    """
+    if fps <= 0 or max_frames < 1:
+        raise ValueError(f"need fps > 0 and max_frames >= 1, got fps={fps}, max_frames={max_frames}")
+    count = max(1, math.ceil(duration_s * fps - 1e-9))
+    times = np.arange(count, dtype=np.float64) / fps
+    if count > max_frames:
+        times = times[np.round(np.linspace(0, count - 1, max_frames)).astype(np.int64)]
+    return times
+
+
+def decode_video(
+    path: str | Path,
+    fps: float,
+    max_frames: int,
+    max_pixels: int,
+    min_pixels: int = 0,
+    size_factor: int = 32,
+) -> DecodedVideo:
+    path = Path(path)
+    reader = _open(path)
+    num_frames, source_fps = len(reader), float(reader.get_avg_fps())
+    duration = num_frames / source_fps
+    times = sample_times(duration, fps, max_frames)
+    # Half-up rounding, not numpy's half-to-even, so the frame for t is independent of parity.
+    indices = np.clip(np.floor(times * source_fps + 0.5).astype(np.int64), 0, num_frames - 1)
+
+    height, width = _read(reader, path, indices[:1]).shape[1:3]
+    h, w = smart_resize(height, width, size_factor, min_pixels, max_pixels)
+    if (h, w) != (height, width):
+        # Resizing inside the decoder avoids holding full-resolution frames in memory.
+        reader = _open(path, width=w, height=h)
+    return DecodedVideo(_read(reader, path, indices), times, duration, source_fps)

@@ -1,0 +1,1 @@
+"""Evaluation metrics and submission writers, computed from a predictions table (one row per query and turn)."""

@@ -1,0 +1,74 @@
+"""Retrieval, verification and moment metrics from a predictions table.
+
+One row per (query, turn): ``query_id, turn, gt_video_id, gt_start, gt_end, pred_video_id,
+answer, pred_start, pred_end, is_final``. Per query, on a given row:
+
+* VR: the top-1 retrieved video is the ground-truth video.
+* VER: the judgement is right, i.e. answered "matched" iff VR; no answer counts as wrong.
+* R1@θ (VCMR): VR, answered "matched", and IoU(predicted span, gt span) >= θ.
+
+"final" scores each query on its final row; "per_turn" scores the rows of each turn, which
+shows what later turns of refinement add. Values are percentages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from rollout.rewards import temporal_iou
+
+Row = Mapping[str, Any]
+# IoU is a ratio of float differences: a span that is exactly at θ on paper can come out
+# a few ulps below it, and should still count.
+_IOU_EPS = 1e-9
+
+
+def as_rows(preds: pa.Table | Iterable[Row]) -> list[Row]:
+    return preds.to_pylist() if isinstance(preds, pa.Table) else list(preds)
+
+
+def final_rows(rows: Iterable[Row]) -> list[Row]:
+    """One row per query, in first-seen order: its is_final row, else its last turn."""
+
+    def rank(row: Row) -> tuple[bool, int]:
+        return bool(row["is_final"]), int(row["turn"])
+
+    best: dict[Any, Row] = {}
+    for row in rows:
+        cur = best.get(row["query_id"])
+        if cur is None or rank(row) >= rank(cur):
+            best[row["query_id"]] = row
+    return list(best.values())
+
+
+def _score(rows: Sequence[Row], thresholds: Sequence[float]) -> dict[str, float]:
+    n = len(rows)
+    hits = {f"R1@{t}": 0 for t in thresholds} | {"VER": 0, "VR": 0}
+    for row in rows:
+        vr = row["pred_video_id"] is not None and row["pred_video_id"] == row["gt_video_id"]
+        answer = row.get("answer")
+        hits["VR"] += vr
+        hits["VER"] += answer is not None and (answer == "matched") == vr
+        if not (vr and answer == "matched"):
+            continue
+        iou = temporal_iou(
+            (row.get("pred_start"), row.get("pred_end")), (row["gt_start"], row["gt_end"])
+        )
+        for t in thresholds:
+            hits[f"R1@{t}"] += iou >= t - _IOU_EPS
+    out = {k: 100.0 * v / n if n else 0.0 for k, v in hits.items()}
+    return out | {"num_queries": n}
+
+
+def compute_metrics(
+    preds: pa.Table | Iterable[Row], iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7)
+) -> dict[str, Any]:
+    rows = as_rows(preds)
+    by_turn: dict[int, dict[Any, Row]] = {}
+    for row in rows:
+        by_turn.setdefault(int(row["turn"]), {})[row["query_id"]] = row
+    per_turn = {t: _score(list(q.values()), iou_thresholds) for t, q in sorted(by_turn.items())}
+    return {"final": _score(final_rows(rows), iou_thresholds), "per_turn": per_turn}

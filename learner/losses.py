@@ -1,0 +1,154 @@
+"""GRPO and SFT losses in plain torch, kept free of Ray and DeepSpeed so they can be tested by hand.
+
+Shapes: B sequences, T tokens, V vocabulary, D embedding width, K negatives. A mask is 1 on the
+tokens that count (generated tokens for GRPO, assistant tokens for SFT) and 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from config.schema import KLEstimator, LossAggregation
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    # clamp: an all-masked batch gives 0 instead of NaN.
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def group_advantages(
+    rewards: Tensor, groups: Tensor | int, std_normalize: bool = True, eps: float = 1e-6
+) -> Tensor:
+    """GRPO advantages: each reward relative to the other samples of its prompt's group.
+
+    `groups` is either a [B] tensor of group ids or a group size (groups are then contiguous).
+    The std is the population std (unbiased=False): a group of G samples is the whole group, not
+    a sample of one, and it stays defined for G=1. Groups with one member or all-equal rewards
+    carry no learning signal and get exactly 0, not roundoff divided by eps.
+    """
+    r = rewards.to(torch.promote_types(rewards.dtype, torch.float32)).flatten()
+    if isinstance(groups, int):
+        if groups <= 0 or r.numel() % groups:
+            raise ValueError(f"{r.numel()} rewards do not split into groups of {groups}")
+        ids = torch.arange(r.numel(), device=r.device) // groups
+    else:
+        ids = torch.unique(groups.flatten(), return_inverse=True)[1].to(r.device)
+    n = int(ids.max()) + 1 if r.numel() else 0
+    count = r.new_zeros(n).index_add_(0, ids, torch.ones_like(r))
+    adv = r - (r.new_zeros(n).index_add_(0, ids, r) / count)[ids]
+    if std_normalize:
+        std = (r.new_zeros(n).index_add_(0, ids, adv**2) / count).sqrt()
+        adv = adv / (std[ids] + eps)
+    hi = r.new_full((n,), float("-inf")).scatter_reduce(0, ids, r, "amax")
+    lo = r.new_full((n,), float("inf")).scatter_reduce(0, ids, r, "amin")
+    return torch.where((hi == lo)[ids], torch.zeros_like(adv), adv)
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator | str) -> Tensor:
+    """Per-token estimate of KL(policy || ref) from samples of the policy.
+
+    k1 = lp - ref is unbiased but can be negative per token; k3 = exp(ref - lp) - (ref - lp) - 1
+    is also unbiased, always >= 0 and lower-variance, hence the default.
+    """
+    log_ratio = ref_logprobs - logprobs
+    if KLEstimator(estimator) is KLEstimator.k1:
+        return -log_ratio
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    clip_eps_high: float | None = None,
+    ref_logprobs: Tensor | None = None,
+    kl_beta: float = 0.0,
+    kl_estimator: KLEstimator | str = KLEstimator.k3,
+    aggregation: LossAggregation | str = LossAggregation.token_mean,
+) -> tuple[Tensor, dict[str, float]]:
+    """Token-level PPO-clip surrogate with an optional KL-to-reference penalty.
+
+    The ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high defaults to
+    clip_eps); a higher upper bound (DAPO's clip-higher) lets low-probability tokens with positive
+    advantage grow faster, which keeps entropy from collapsing. token_mean weights every token
+    equally across the batch; seq_mean weights every sequence equally (GRPO paper), which gives
+    short answers more weight per token. Sequences with an empty mask are left out of seq_mean.
+    """
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    mask = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages.to(logprobs.dtype).unsqueeze(-1)
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - clip_eps, 1 + eps_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = None
+    if ref_logprobs is not None:
+        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
+        per_token = per_token + kl_beta * kl
+    if LossAggregation(aggregation) is LossAggregation.token_mean:
+        loss = _masked_mean(per_token, mask)
+    else:
+        lengths = mask.sum(-1)
+        per_seq = (per_token * mask).sum(-1) / lengths.clamp(min=1)
+        loss = _masked_mean(per_seq, (lengths > 0).to(per_seq.dtype))
+    with torch.no_grad():
+        stats = {
+            "clip_fraction": _masked_mean((clipped < unclipped).to(mask.dtype), mask).item(),
+            "approx_kl": _masked_mean(kl_penalty(logprobs, old_logprobs, "k3"), mask).item(),
+            "kl_ref": 0.0 if kl is None else _masked_mean(kl, mask).item(),
+            "ratio": _masked_mean(ratio, mask).item(),
+        }
+    return loss, stats
+
+
+@torch.no_grad()
+def logprob_mismatch(learner_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor) -> float:
+    """Mean |learner - sampler| log-prob on masked tokens.
+
+    The sampler (vLLM) and the learner should agree on the same weights; drift here means stale
+    weights or a numerics gap that silently makes the update off-policy.
+    """
+    mask = mask.to(learner_logprobs.dtype)
+    return _masked_mean((learner_logprobs - sampler_logprobs).abs(), mask).item()
+
+
+def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
+    """Log-prob of each label under its logits, as float32 [B, T].
+
+    Labels must already be aligned with the logits (the caller shifts). One row at a time goes
+    through float32 log_softmax, so a bf16 batch never holds a full float32 [B, T, V] copy at once
+    when no graph is kept (old/ref log-probs). Negative labels (ignore_index) are gathered at
+    token 0; callers mask them out.
+    """
+    index = labels.clamp(min=0).unsqueeze(-1)
+    rows = [
+        torch.log_softmax(lg.float(), -1).gather(-1, ix).squeeze(-1)
+        for lg, ix in zip(logits, index, strict=True)
+    ]
+    return torch.stack(rows)
+
+
+def sft_token_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Mean cross-entropy over masked (assistant) tokens; prompt and tool output are not learned."""
+    return -_masked_mean(token_logprobs(logits, labels), mask.float())
+
+
+def info_nce_from_scores(pos: Tensor, neg: Tensor, tau: float = 0.1) -> Tensor:
+    """InfoNCE from similarity scores pos [B] and neg [B, K], for scores that come from the index."""
+    logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1) / tau
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+def info_nce(query: Tensor, positives: Tensor, negatives: Tensor, tau: float = 0.1) -> Tensor:
+    """InfoNCE with cosine similarity, so the loss depends on direction only, as retrieval does."""
+    q, p, n = (F.normalize(x, dim=-1) for x in (query, positives, negatives))
+    return info_nce_from_scores((q * p).sum(-1), torch.einsum("bd,bkd->bk", q, n), tau)
+
+
+def sft_loss(ce: Tensor, nce: Tensor, lam: float) -> Tensor:
+    """SFT objective: language-model CE plus lam times the retrieval InfoNCE on the query latents."""
+    return ce + lam * nce

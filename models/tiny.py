@@ -1,0 +1,132 @@
+"""Tiny models of the real architectures, built locally (no hub on these machines).
+
+The policy is a `Qwen3VLForConditionalGeneration` and the embedder a `Qwen3VLModel`
+(the released Qwen3-VL-Embedding is the base model with last-token pooling), both
+with random weights, a locally trained tokenizer and real processor configs, saved in
+the Hugging Face layout so that vLLM, transformers and our loader open them exactly
+as they open Qwen/Qwen3-VL-2B-Instruct and Qwen/Qwen3-VL-Embedding-2B.
+Untied embeddings (vLLM's weight reload leaves a tied LM head stale) and head_dim 64
+(supported by vLLM's CPU attention).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import (
+    Qwen2VLImageProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLModel,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+)
+
+from models.sqr_heads import SQRHeads, SQRHeadsConfig
+from models.tokenizer import CHAT_TEMPLATE, train_tokenizer
+
+POLICY_DIR = "tiny-qwen3vl-policy"
+EMBEDDER_DIR = "tiny-qwen3vl-embedder"
+MANIFEST = "tiny_manifest.json"
+# Bump when the recipe changes so that cached models are rebuilt.
+RECIPE_VERSION = 1
+
+
+def _config(tokenizer, hidden: int, layers: int, vocab: int) -> Qwen3VLConfig:
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = 64
+    return Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=hidden // head_dim,
+            num_key_value_heads=max(1, hidden // head_dim // 2),
+            head_dim=head_dim,
+            max_position_embeddings=8192,
+            rope_parameters=dict(
+                rope_type="default", rope_theta=5_000_000.0,
+                mrope_section=[12, 10, 10], mrope_interleaved=True,
+            ),
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
+            patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+            out_hidden_size=hidden, num_position_embeddings=144,
+            deepstack_visual_indexes=[1],
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+
+
+def build_processor(tokenizer, max_pixels: int, max_frames: int) -> Qwen3VLProcessor:
+    """Processor budgets follow the video config: frames are already decoded and
+    resized by corpus.video, so the processor must not upscale them again."""
+    image = Qwen2VLImageProcessor(
+        patch_size=16, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 32 * 32, "longest_edge": max_pixels},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    video = Qwen3VLVideoProcessor(
+        patch_size=16, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 32 * 32 * 2, "longest_edge": max_pixels * max_frames},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        do_sample_frames=False, cap_pixels_per_frame=False,
+    )
+    return Qwen3VLProcessor(
+        image_processor=image, video_processor=video, tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _save(model, processor, directory: Path) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    processor.save_pretrained(directory)
+
+
+def build_tiny_models(
+    cache_dir: str | Path, *, max_pixels: int = 4096, max_frames: int = 64,
+    soft_tokens: int = 8, seed: int = 0, force: bool = False,
+) -> tuple[Path, Path]:
+    """Build (once) and return (policy_dir, embedder_dir) under cache_dir."""
+    cache_dir = Path(cache_dir)
+    recipe = dict(version=RECIPE_VERSION, max_pixels=max_pixels, max_frames=max_frames,
+                  soft_tokens=soft_tokens, seed=seed)
+    policy_dir, embedder_dir = cache_dir / POLICY_DIR, cache_dir / EMBEDDER_DIR
+    manifest = cache_dir / MANIFEST
+    if not force and manifest.is_file() and json.loads(manifest.read_text()) == recipe:
+        return policy_dir, embedder_dir
+    for d in (policy_dir, embedder_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    manifest.unlink(missing_ok=True)
+
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer()
+    vocab = 512
+    assert len(tokenizer) <= vocab, f"tokenizer grew to {len(tokenizer)} tokens"
+    processor = build_processor(tokenizer, max_pixels, max_frames)
+
+    policy_cfg = _config(tokenizer, hidden=256, layers=4, vocab=vocab)
+    policy = Qwen3VLForConditionalGeneration(policy_cfg).eval()
+    policy.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    _save(policy, processor, policy_dir)
+
+    embedder = Qwen3VLModel(_config(tokenizer, hidden=128, layers=2, vocab=vocab)).eval()
+    _save(embedder, processor, embedder_dir)
+
+    heads = SQRHeads(SQRHeadsConfig(policy_hidden=256, soft_dim=256, embedder_hidden=128,
+                                    num_tokens=soft_tokens))
+    heads.save(policy_dir)
+    manifest.write_text(json.dumps(recipe))
+    return policy_dir, embedder_dir

@@ -1,0 +1,94 @@
+"""A byte-level BPE tokenizer trained locally with Qwen3-VL's special tokens.
+
+The hub is unreachable, so the tiny models get a tokenizer of their own. It keeps the
+real one's special-token strings, pre-tokenizer (digits split one by one) and chat
+format, so that prompt building and parsing code is the same for tiny and real models.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+# Qwen3-VL's special tokens in their id order, then the two SQR tokens this project adds.
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+    "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+QWEN_ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+REFINE_TOKEN = "<REFINE>"
+SQR_SLOT_TOKEN = "<|sqr_slot|>"
+PROJECT_TOKENS = [REFINE_TOKEN, SQR_SLOT_TOKEN]
+
+# Qwen2's pre-tokenizer regex (single digits, words with a leading non-letter).
+_QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif item['type'] == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}<|im_end|>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+
+def _training_text() -> list[str]:
+    """Sentences in the shape of everything the system writes or reads."""
+    colours = ["red", "green", "blue", "yellow", "white", "magenta", "cyan", "orange"]
+    shapes = ["square", "circle", "triangle"]
+    motions = ["moves left", "moves right", "moves up", "moves down", "appears", "disappears"]
+    lines = [f"a {c} {s} {m}" for c, s, m in itertools.product(colours, shapes, motions)]
+    lines += [f"<{t / 10:.1f} seconds>" for t in range(0, 3000, 7)]
+    lines += [f"<start>{s}</start> <end>{e}</end>" for s, e in zip(range(0, 200), range(3, 203))]
+    lines += [
+        "<think>The video shows the event described in the query.</think> "
+        "<answer>matched</answer> <start>2.0</start> <end>6.0</end> <REFINE>",
+        "<think>The video does not show the event, so the query must be refined.</think> "
+        "<answer>not_matched</answer> <REFINE>",
+        "Query: find the moment. Does the retrieved video contain it? Answer with the "
+        "verification, the start and end in seconds, and end with <REFINE>.",
+        "Represent the user's input. system user assistant the a of to and is in it that",
+    ]
+    return lines * 4
+
+
+def train_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=QWEN_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_text(), trainer=trainer)
+    # As in Qwen3, <think> tags are atomic but not special, so decoded text keeps them;
+    # <REFINE> likewise, because the parser reads it. The slot token is never shown.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_ADDED_TOKENS])
+    tok.add_tokens([AddedToken(REFINE_TOKEN, special=False, normalized=False)])
+    tok.add_special_tokens([AddedToken(SQR_SLOT_TOKEN, special=True, normalized=False)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:] + [SQR_SLOT_TOKEN],
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast

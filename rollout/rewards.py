@@ -1,0 +1,114 @@
+"""Per-turn rewards, as pure functions of a parsed response and what the search returned.
+
+Four parts, weighted by ``config.schema.RewardConfig``: format (the output can be acted on),
+verification (the matched/not_matched judgement is right), grounding (temporal IoU of the
+predicted span, only when the judgement is a correct "matched"), and retrieval (how well
+the refined query ranks the ground-truth video, from InfoNCE; only on turns that refined).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from rollout.parsing import ParsedResponse
+
+
+class RewardWeights(Protocol):
+    format: float
+    verification: float
+    retrieval: float
+    grounding: float
+
+
+def temporal_iou(pred: Sequence[float], gt: Sequence[float]) -> float:
+    """IoU of two [start, end] spans; 0 rather than an error for anything unusable."""
+    try:
+        ps, pe, gs, ge = (float(x) for x in (*pred, *gt))
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    if not all(math.isfinite(x) for x in (ps, pe, gs, ge)):
+        return 0.0
+    ps, pe = min(ps, pe), max(ps, pe)
+    gs, ge = min(gs, ge), max(gs, ge)
+    inter = max(0.0, min(pe, ge) - max(ps, gs))
+    union = (ge - gs) + (pe - ps) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def format_reward(parsed: ParsedResponse) -> float:
+    """Partial credit per flag, so a model that gets some of the format right still learns."""
+    return (parsed.think_ok + parsed.times_ok + parsed.refine_ok) / 3.0
+
+
+def verification_reward(parsed: ParsedResponse, retrieved_is_gt: bool) -> float:
+    if parsed.answer is None:
+        return -1.0
+    return 1.0 if parsed.matched == bool(retrieved_is_gt) else -1.0
+
+
+def grounding_reward(
+    parsed: ParsedResponse, retrieved_is_gt: bool, gt_span: Sequence[float]
+) -> float:
+    if not (retrieved_is_gt and parsed.matched and parsed.times_ok):
+        return 0.0
+    return temporal_iou((parsed.start, parsed.end), gt_span)
+
+
+def infonce_loss(pos_score: float, neg_scores: Sequence[float], tau: float) -> float:
+    """-log softmax of the positive among [positive, negatives] at temperature tau.
+
+    Computed with log-sum-exp so cosine scores at small tau do not overflow.
+    """
+    if not tau > 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    logits = np.concatenate([[pos_score], np.asarray(neg_scores, dtype=np.float64).ravel()])
+    logits = logits / tau
+    peak = logits.max()
+    return float(peak + np.log(np.exp(logits - peak).sum()) - logits[0])
+
+
+def retrieval_reward(
+    pos_score: float,
+    neg_scores: Sequence[float],
+    tau: float,
+    baseline_pos: float | None = None,
+    baseline_negs: Sequence[float] | None = None,
+    improvement: bool = False,
+) -> float:
+    """exp(-L) in (0, 1]; with ``improvement``, the gain over the unrefined query's exp(-L).
+
+    The improvement form rewards what the refinement added rather than how easy the
+    query already was.
+    """
+    reward = math.exp(-infonce_loss(pos_score, neg_scores, tau))
+    if not improvement:
+        return reward
+    if baseline_pos is None or baseline_negs is None:
+        raise ValueError("improvement needs baseline_pos and baseline_negs")
+    return reward - math.exp(-infonce_loss(baseline_pos, baseline_negs, tau))
+
+
+@dataclass(frozen=True)
+class RewardParts:
+    format: float
+    verification: float
+    retrieval: float | None  # None: the turn did not refine, so there is nothing to score
+    grounding: float
+
+    def weighted(self, weights: RewardWeights) -> dict[str, float]:
+        """Each part times its weight, keyed by part name (for logging as well as summing)."""
+        return {
+            "format": weights.format * self.format,
+            "verification": weights.verification * self.verification,
+            "retrieval": 0.0 if self.retrieval is None else weights.retrieval * self.retrieval,
+            "grounding": weights.grounding * self.grounding,
+        }
+
+
+def total_reward(parts: RewardParts, weights: RewardWeights) -> float:
+    return sum(parts.weighted(weights).values())

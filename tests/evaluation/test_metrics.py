@@ -1,0 +1,150 @@
+import json
+
+import pyarrow as pa
+import pytest
+
+from evaluation.metrics import compute_metrics
+from evaluation.tvr import write_tvr_submission
+
+
+def row(qid, turn, gt, pred, answer, span, final, gt_span=(0.0, 10.0), **extra):
+    ps, pe = span if span else (None, None)
+    return {
+        "query_id": qid,
+        "turn": turn,
+        "gt_video_id": gt,
+        "gt_start": gt_span[0],
+        "gt_end": gt_span[1],
+        "pred_video_id": pred,
+        "answer": answer,
+        "pred_start": ps,
+        "pred_end": pe,
+        "is_final": final,
+        **extra,
+    }
+
+
+# Toy table, worked by hand (gt span (0, 10) unless given):
+# q1 t1: wrong video v9, not_matched                 -> VR 0, VER 1, R 0
+# q1 t2: right video, matched (5, 15), IoU 1/3 FINAL  -> VR 1, VER 1, R@.3 only
+# q2 t1: right video, matched (0, 10) vs gt (1, 10): IoU 9/10 FINAL -> VR 1, VER 1, R all
+# q3 t1: wrong video v7, matched, perfect span        -> VR 0, VER 0, R 0 (wrong video)
+# q3 t2: wrong video v8, no answer FINAL               -> VR 0, VER 0 (None is wrong), R 0
+# q4 t1: right video, not_matched                     -> VR 1, VER 0, R 0
+# q4 t2: right video, matched (0, 20), IoU exactly 0.5 FINAL -> VR 1, VER 1, R@.3 R@.5
+ROWS = [
+    row("q1", 1, "v1", "v9", "not_matched", None, False),
+    row("q1", 2, "v1", "v1", "matched", (5.0, 15.0), True),
+    row("q2", 1, "v2", "v2", "matched", (0.0, 10.0), True, gt_span=(1.0, 10.0)),
+    row("q3", 1, "v3", "v7", "matched", (0.0, 10.0), False),
+    row("q3", 2, "v3", "v8", None, None, True),
+    row("q4", 1, "v4", "v4", "not_matched", None, False),
+    row("q4", 2, "v4", "v4", "matched", (0.0, 20.0), True),
+]
+# final (q1, q2, q3, q4): R@.3 = 3/4, R@.5 = 2/4 (q2, q4), R@.7 = 1/4 (q2), VER 3/4, VR 3/4
+FINAL = {"R1@0.3": 75.0, "R1@0.5": 50.0, "R1@0.7": 25.0, "VER": 75.0, "VR": 75.0, "num_queries": 4}
+# turn 1 (q1..q4 first rows): VR q2, q4 = 2/4; VER q1, q2 = 2/4; R only q2 = 1/4
+TURN1 = {"R1@0.3": 25.0, "R1@0.5": 25.0, "R1@0.7": 25.0, "VER": 50.0, "VR": 50.0, "num_queries": 4}
+# turn 2 (q1, q3, q4): VR q1, q4; VER q1, q4; R@.3 q1, q4; R@.5 q4; R@.7 none
+TURN2 = {
+    "R1@0.3": 200 / 3,
+    "R1@0.5": 100 / 3,
+    "R1@0.7": 0.0,
+    "VER": 200 / 3,
+    "VR": 200 / 3,
+    "num_queries": 3,
+}
+
+
+@pytest.mark.parametrize("as_table", [False, True])
+def test_toy_table(as_table):
+    preds = pa.Table.from_pylist(ROWS) if as_table else ROWS
+    m = compute_metrics(preds)
+    assert m["final"] == pytest.approx(FINAL)
+    assert set(m["per_turn"]) == {1, 2}
+    assert m["per_turn"][1] == pytest.approx(TURN1)
+    assert m["per_turn"][2] == pytest.approx(TURN2)
+
+
+def test_custom_thresholds_and_row_order():
+    m = compute_metrics(list(reversed(ROWS)), iou_thresholds=(0.1, 0.95))
+    # q1 1/3, q2 0.9, q4 0.5 pass 0.1; none pass 0.95
+    assert m["final"] == pytest.approx(
+        {"R1@0.1": 75.0, "R1@0.95": 0.0, "VER": 75.0, "VR": 75.0, "num_queries": 4}
+    )
+
+
+def test_iou_at_threshold_despite_float_error():
+    # (0.1, 0.3) vs (0.1, 0.5) is 0.5 on paper, 0.49999999999999994 in floats
+    m = compute_metrics([row("q", 1, "v", "v", "matched", (0.1, 0.3), True, gt_span=(0.1, 0.5))])
+    assert m["final"]["R1@0.5"] == 100.0 and m["final"]["R1@0.7"] == 0.0
+
+
+def test_missing_is_final_falls_back_to_last_turn():
+    rows = [
+        row("q", 1, "v", "x", "not_matched", None, False),
+        row("q", 2, "v", "v", "matched", (0, 10), False),
+    ]
+    assert compute_metrics(rows)["final"]["R1@0.7"] == 100.0
+
+
+def test_matched_without_span_is_not_a_hit():
+    m = compute_metrics([row("q", 1, "v", "v", "matched", None, True)])
+    assert m["final"] == pytest.approx(
+        {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "VER": 100.0, "VR": 100.0, "num_queries": 1}
+    )
+
+
+def test_empty_input():
+    zeros = {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "VER": 0.0, "VR": 0.0, "num_queries": 0}
+    assert compute_metrics([]) == {"final": zeros, "per_turn": {}}
+    schema = pa.schema([("query_id", pa.string()), ("turn", pa.int64())])
+    assert compute_metrics(schema.empty_table()) == {"final": zeros, "per_turn": {}}
+
+
+def test_tvr_submission(tmp_path):
+    rows = [
+        *ROWS,
+        row(7, 1, "v2", "v2", "matched", (float("nan"), 3.0), True, desc="a dog", score=0.25),
+        row("q5", 1, "v1", None, None, None, True),
+    ]
+    path = write_tvr_submission(
+        rows,
+        tmp_path / "sub" / "tvr.json",
+        ["v1", "v2", "v3", "v4", "v7", "v8", "v9"],
+    )
+    sub = json.loads(path.read_text())
+    assert sub["video2idx"] == {"v1": 0, "v2": 1, "v3": 2, "v4": 3, "v7": 4, "v8": 5, "v9": 6}
+    vcmr = {e["desc_id"]: e for e in sub["VCMR"]}
+    assert [e["desc_id"] for e in sub["VCMR"]] == ["q1", "q2", "q3", "q4", 7, "q5"]
+    assert vcmr["q1"]["predictions"] == [[0, 5.0, 15.0, 1.0]]
+    assert vcmr["q2"]["predictions"] == [[1, 0.0, 10.0, 1.0]]
+    assert vcmr["q3"]["predictions"] == [[5, 0.0, 0.0, 1.0]]  # final turn's video, no span
+    assert vcmr["q4"]["predictions"] == [[3, 0.0, 20.0, 1.0]]
+    assert vcmr[7] == {
+        "desc_id": 7,
+        "desc": "a dog",
+        "predictions": [[1, 0.0, 0.0, 0.25]],
+    }  # NaN start
+    assert vcmr["q5"]["predictions"] == []  # nothing retrieved
+    assert "desc" not in vcmr["q1"]
+
+
+def test_tvr_unknown_video(tmp_path):
+    # only final rows are written, so q1's turn-1 v9 is never looked up; q3's final v8 is
+    with pytest.raises(ValueError, match="v8"):
+        write_tvr_submission(ROWS, tmp_path / "x.json", ["v1", "v2"])
+
+
+def test_tvr_from_table_keeps_int_ids(tmp_path):
+    rows = [{**r, "query_id": int(r["query_id"][1:]), "score": 0.5} for r in ROWS]
+    videos = ["v1", "v2", "v3", "v4", "v7", "v8", "v9"]
+    path = write_tvr_submission(pa.Table.from_pylist(rows), tmp_path / "t.json", videos)
+    vcmr = json.loads(path.read_text())["VCMR"]
+    assert [e["desc_id"] for e in vcmr] == [1, 2, 3, 4]
+    assert [e["predictions"] for e in vcmr] == [
+        [[0, 5.0, 15.0, 0.5]],
+        [[1, 0.0, 10.0, 0.5]],
+        [[5, 0.0, 0.0, 0.5]],
+        [[3, 0.0, 20.0, 0.5]],
+    ]

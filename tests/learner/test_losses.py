@@ -1,0 +1,258 @@
+"""Hand-computed checks of the GRPO and SFT losses."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from config.schema import KLEstimator, LossAggregation
+from learner.losses import (
+    group_advantages,
+    info_nce,
+    info_nce_from_scores,
+    kl_penalty,
+    logprob_mismatch,
+    policy_loss,
+    sft_loss,
+    sft_token_loss,
+    token_logprobs,
+)
+
+
+def close(a, b, tol=1e-5):
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.tensor(b), atol=tol)
+
+
+# --- advantages ---------------------------------------------------------------------------
+
+
+def test_advantages_std_normalized_per_group():
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1]))
+    assert close(adv, [1.0, -1.0, -1.0, 1.0], 1e-4)  # mean 0.5, population std 0.5
+
+
+def test_advantages_use_population_std():
+    adv = group_advantages(torch.tensor([3.0, 0.0, 0.0]), 3)  # mean 1, std sqrt(6/3)
+    s = math.sqrt(2.0)
+    assert close(adv, [2 / s, -1 / s, -1 / s], 1e-4)
+
+
+def test_advantages_mean_only():
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, std_normalize=False)
+    assert close(adv, [0.5, -0.5, -0.5, 0.5])
+
+
+def test_advantages_degenerate_groups_are_zero():
+    assert torch.equal(group_advantages(torch.tensor([2.0, 2.0]), 2), torch.zeros(2))
+    assert torch.equal(group_advantages(torch.tensor([4.0, -1.0]), 1), torch.zeros(2))
+    # 0.9 is not exact in binary: the mean's roundoff must not be blown up by 1/eps.
+    assert torch.equal(group_advantages(torch.full((3,), 0.9), 3), torch.zeros(3))
+
+
+def test_advantages_non_contiguous_ids():
+    adv = group_advantages(torch.tensor([1.0, 2.0, 3.0, 2.0]), torch.tensor([5, 7, 5, 7]))
+    assert close(adv, [-1.0, 0.0, 1.0, 0.0], 1e-4)
+    assert torch.isfinite(adv).all()
+
+
+def test_advantages_bad_group_size():
+    with pytest.raises(ValueError):
+        group_advantages(torch.zeros(5), 2)
+
+
+# --- PPO clip -----------------------------------------------------------------------------
+
+
+def one_token(ratio, adv, eps_low, eps_high):
+    lp = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss, stats = policy_loss(
+        lp, torch.zeros(1, 1), torch.tensor([adv]), torch.ones(1, 1), eps_low, eps_high
+    )
+    loss.backward()
+    return loss.item(), lp.grad.item(), stats
+
+
+def test_clip_positive_advantage_above_range_has_zero_grad():
+    loss, grad, stats = one_token(1.5, 1.0, 0.2, 0.3)
+    assert loss == pytest.approx(-1.3)  # min(1.5, clip(1.5)=1.3) * 1
+    assert grad == 0.0
+    assert stats["clip_fraction"] == 1.0
+    assert stats["ratio"] == pytest.approx(1.5)
+
+
+def test_negative_advantage_above_range_is_unclipped():
+    loss, grad, stats = one_token(1.5, -1.0, 0.2, 0.3)
+    assert loss == pytest.approx(1.5)  # min(-1.5, -1.3) = -1.5
+    assert grad == pytest.approx(1.5)  # d(-ratio * A)/dlp = -ratio * A
+    assert stats["clip_fraction"] == 0.0
+
+
+def test_asymmetric_clip():
+    # 1.25 lies inside [0.8, 1.3]: unclipped with eps_high=0.3 ...
+    loss, grad, _ = one_token(1.25, 1.0, 0.2, 0.3)
+    assert (loss, grad) == (pytest.approx(-1.25), pytest.approx(-1.25))
+    # ... but clipped at 1.2 with the symmetric 0.2.
+    loss, grad, _ = one_token(1.25, 1.0, 0.2, 0.2)
+    assert (loss, grad) == (pytest.approx(-1.2), 0.0)
+    # The lower bound uses eps_low: 0.75 -> 0.8 for a negative advantage.
+    loss, grad, stats = one_token(0.75, -1.0, 0.2, 0.3)
+    assert (loss, grad) == (pytest.approx(0.8), 0.0)
+    assert stats["clip_fraction"] == 1.0
+
+
+# --- KL -----------------------------------------------------------------------------------
+
+
+def test_kl_estimators_by_hand():
+    lp, ref = torch.tensor([0.0]), torch.tensor([math.log(2.0)])
+    assert kl_penalty(lp, ref, "k1").item() == pytest.approx(-math.log(2.0))
+    assert kl_penalty(lp, ref, KLEstimator.k3).item() == pytest.approx(1 - math.log(2.0))
+    assert kl_penalty(ref, ref, "k1").item() == 0.0
+    assert kl_penalty(ref, ref, "k3").item() == 0.0
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1000, generator=g) * 3, torch.randn(1000, generator=g) * 3
+    assert (kl_penalty(a, b, "k3") >= 0).all()
+
+
+def test_kl_term_in_policy_loss():
+    lp = torch.zeros(1, 2)  # ratio 1, advantage 0: only the KL term remains
+    ref = torch.full((1, 2), math.log(2.0))
+    for est, per_token in [("k1", -math.log(2.0)), (KLEstimator.k3, 1 - math.log(2.0))]:
+        loss, stats = policy_loss(
+            lp, lp, torch.zeros(1), torch.ones(1, 2), 0.2, 0.2, ref, kl_beta=0.5, kl_estimator=est
+        )
+        assert loss.item() == pytest.approx(0.5 * per_token)
+        assert stats["kl_ref"] == pytest.approx(per_token)
+        assert stats["approx_kl"] == 0.0
+
+
+def test_bad_enum_value_raises():
+    with pytest.raises(ValueError):
+        policy_loss(
+            torch.zeros(1, 1),
+            torch.zeros(1, 1),
+            torch.zeros(1),
+            torch.ones(1, 1),
+            0.2,
+            aggregation="sum",
+        )
+
+
+# --- aggregation and masking --------------------------------------------------------------
+
+
+def aggregation_batch():
+    # ratio 1 on real tokens, so the per-token loss is -A; padding holds junk that must not count.
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    lp = torch.where(mask.bool(), 0.0, 5.0).requires_grad_()
+    ref = torch.where(mask.bool(), 0.0, -7.0)
+    return lp, torch.zeros(3, 3), torch.tensor([1.0, -2.0, 100.0]), mask, ref
+
+
+@pytest.mark.parametrize(
+    "aggregation, expected",
+    [
+        ("token_mean", (3 * -1.0 + 1 * 2.0) / 4),  # every real token weighs the same
+        (LossAggregation.seq_mean, (-1.0 + 2.0) / 2),  # every non-empty sequence weighs the same
+    ],
+)
+def test_aggregation_and_masked_grad(aggregation, expected):
+    lp, old, adv, mask, ref = aggregation_batch()
+    loss, _ = policy_loss(lp, old, adv, mask, 0.2, 0.2, ref, kl_beta=0.1, aggregation=aggregation)
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert (lp.grad[mask == 0] == 0).all()
+    assert (lp.grad[mask == 1] != 0).all()
+
+
+def test_all_masked_batch_is_finite_zero():
+    for agg in ("token_mean", "seq_mean"):
+        loss, stats = policy_loss(
+            torch.zeros(2, 2),
+            torch.zeros(2, 2),
+            torch.ones(2),
+            torch.zeros(2, 2),
+            0.2,
+            aggregation=agg,
+        )
+        assert loss.item() == 0.0 and all(math.isfinite(v) for v in stats.values())
+
+
+def test_one_sgd_step_moves_logprobs_with_the_advantage():
+    torch.manual_seed(0)
+    vocab = 16
+    model = nn.Sequential(nn.Embedding(vocab, 8), nn.Linear(8, vocab))
+    tokens = torch.tensor([[1, 4, 5, 6], [2, 7, 8, 9]])  # one prompt token, three generated
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1]])
+
+    def seq_logprobs():
+        return token_logprobs(model(tokens[:, :-1]), tokens[:, 1:])
+
+    lp = seq_logprobs()
+    before = lp.detach().sum(-1)
+    adv = group_advantages(torch.tensor([1.0, 0.0]), 2)
+    assert adv[0] > 0 > adv[1]
+    loss, _ = policy_loss(lp, lp.detach(), adv, mask, 0.2, 0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        after = seq_logprobs().sum(-1)
+    assert after[0] > before[0]
+    assert after[1] < before[1]
+
+
+# --- log-probs and SFT --------------------------------------------------------------------
+
+
+def test_token_logprobs_matches_manual_gather():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 11, generator=g)
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    manual = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(token_logprobs(logits, labels), manual, atol=1e-6)
+    out = token_logprobs(logits.bfloat16(), labels)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, manual, atol=0.05)
+    labels[0, 0] = -100  # ignore_index must not crash the gather
+    assert torch.isfinite(token_logprobs(logits, labels)).all()
+
+
+def test_sft_token_loss_is_masked_cross_entropy():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 4, 7, generator=g)
+    labels = torch.randint(0, 7, (2, 4), generator=g)
+    mask = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 0]])
+    ref = F.cross_entropy(logits.reshape(-1, 7), labels.masked_fill(mask == 0, -100).reshape(-1))
+    assert sft_token_loss(logits, labels, mask).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_logprob_mismatch_by_hand():
+    a = torch.tensor([[0.0, -1.0, -2.0]])
+    b = torch.tensor([[0.5, -1.0, -5.0]])
+    assert logprob_mismatch(a, b, torch.tensor([[1, 1, 0]])) == pytest.approx(0.25)
+
+
+# --- InfoNCE ------------------------------------------------------------------------------
+
+
+def test_info_nce_by_hand_and_grad_to_query():
+    query = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    pos = torch.tensor([[2.0, 0.0]])  # cos 1
+    neg = torch.tensor([[[0.0, 3.0], [-1.0, 0.0]]])  # cos 0 and -1
+    # logits / tau=0.5 are [2, 0, -2]: loss = -log(e^2 / (e^2 + 1 + e^-2))
+    expected = math.log(1 + math.exp(-2) + math.exp(-4))
+    loss = info_nce(query, pos, neg, tau=0.5)
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert query.grad[0, 1] > 0  # turning toward the first negative raises the loss
+    assert info_nce(query.detach() * 10, pos, neg, tau=0.5).item() == pytest.approx(expected)
+    scores = info_nce_from_scores(torch.tensor([1.0]), torch.tensor([[0.0, -1.0]]), tau=0.5)
+    assert scores.item() == pytest.approx(expected)
+
+
+def test_sft_loss_combines():
+    assert sft_loss(torch.tensor(1.0), torch.tensor(2.0), 0.3).item() == pytest.approx(1.6)
