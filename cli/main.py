@@ -1,0 +1,121 @@
+"""Subcommands. Heavy imports stay inside the commands so that `--help` is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from config import ConfigError, load_config, to_yaml
+
+app = typer.Typer(help="VideoSearch-R1 on Ray: train and evaluate a video search agent.",
+                  no_args_is_help=True, add_completion=False)
+corpus_app = typer.Typer(help="Build or import a video corpus.", no_args_is_help=True)
+models_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(models_app, name="models")
+console = Console()
+
+CONFIG_OPT = typer.Option("cpu_tiny", "--config", "-c",
+                          help="Preset name in configs/ or a YAML path.")
+OVERRIDES_ARG = typer.Argument(None, help="key=value overrides, e.g. rollout.group_size=4")
+
+
+def _cfg(config: str, overrides: list[str] | None):
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def doctor() -> None:
+    """Check that the installed stack imports (torch, torchvision, vLLM, DeepSpeed, ...)."""
+    import importlib
+
+    failed = []
+    for name in ["torch", "torchvision", "transformers", "vllm", "deepspeed", "faiss",
+                 "decord", "av", "ray", "pyarrow", "omegaconf"]:
+        try:
+            mod = importlib.import_module(name)
+            console.print(f"  {name:13s} {getattr(mod, '__version__', '?')}")
+        except Exception as exc:  # noqa: BLE001 - report every broken import at once
+            failed.append(name)
+            console.print(f"  [red]{name:13s} {type(exc).__name__}: {exc}[/red]")
+    from transformers import Qwen3VLProcessor  # noqa: F401 - needs a working torchvision
+
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("config")
+def show_config(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Print the resolved configuration."""
+    console.print(to_yaml(_cfg(config, overrides)), markup=False)
+
+
+@corpus_app.command("synth")
+def corpus_synth(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Generate the deterministic synthetic corpus into <workdir>/corpus."""
+    from corpus.synth import generate_corpus
+
+    cfg = _cfg(config, overrides)
+    out = generate_corpus(cfg.corpus.synth, Path(cfg.paths.workdir) / "corpus", progress=True)
+    console.print(f"{out.num_videos} videos, {out.num_queries} queries -> {out.out_dir}")
+
+
+@corpus_app.command("import")
+def corpus_import(
+    fmt: str = typer.Argument(..., help="charades | fig | didemo | activitynet"),
+    path: Path = typer.Argument(..., help="annotation file"),
+    split: str = typer.Option("test", help="split name to record"),
+    out: Path = typer.Option(..., help="output Parquet file (query schema)"),
+    strict: bool = typer.Option(False, help="fail on the first malformed row"),
+) -> None:
+    """Read a public annotation file into the query Parquet schema, with a report."""
+    from corpus.readers import AnnotationError, read_annotations
+    from corpus.schema import write_parquet
+
+    try:
+        result = read_annotations(fmt, path, split, strict=strict)
+    except (AnnotationError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    write_parquet(result.table, out)
+    console.print(result.report.summary(), markup=False)
+    console.print(f"{result.table.num_rows} queries -> {out}")
+
+
+@models_app.command("tiny")
+def models_tiny(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
+                force: bool = typer.Option(False, help="rebuild even if cached")) -> None:
+    """Build the tiny Qwen3-VL policy and embedder into the model cache."""
+    from models.tiny import build_tiny_models
+
+    cfg = _cfg(config, overrides)
+    dirs = build_tiny_models(cfg.paths.model_cache, max_pixels=cfg.video.max_pixels,
+                             max_frames=cfg.video.max_frames, soft_tokens=cfg.sqr.num_tokens,
+                             seed=cfg.model.seed, force=force)
+    console.print(f"policy: {dirs[0]}\nembedder: {dirs[1]}")
+
+
+@app.command()
+def train(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Run the training job (corpus -> models -> index -> SFT -> GRPO -> eval)."""
+    from actors.driver import run
+
+    cfg = _cfg(config, overrides)
+    summary = run(cfg)
+    console.print_json(json.dumps(summary))
+
+
+@app.command()
+def bench(only: str = typer.Option("", help="comma-separated benchmark names")) -> None:
+    """Run the benchmarks; results go to bench/results.json and BENCHMARKS.md."""
+    from bench.run import main
+
+    sys.exit(main([n for n in only.split(",") if n]))

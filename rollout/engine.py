@@ -1,0 +1,211 @@
+"""The policy's vLLM engine: many concurrent turns, soft-token capture, weight reload.
+
+The engine core runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): a Ray actor
+is already a process of its own, start-up is seconds instead of a double spawn, and
+the soft-capture hook and weight reload act on the model directly. One background
+thread owns the engine and steps it; callers (asyncio coroutines, many at a time)
+hand it requests through a queue, so turns of different episodes share batches
+(continuous batching, no lock-step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from config.schema import RolloutConfig, SamplingConfig
+
+SOFT_CAPTURE_EXTENSION = "rollout.soft_capture.SoftTokenCapture"
+
+
+@dataclass
+class EngineOptions:
+    model_dir: str
+    dtype: str = "float32"
+    seed: int = 0
+    max_model_len: int = 4096
+    kv_cache_gib: float = 1.0
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = True
+    max_videos: int = 1
+
+    @classmethod
+    def from_config(cls, model_dir: str, rollout: RolloutConfig, dtype: str, seed: int):
+        return cls(model_dir=str(model_dir), dtype=dtype, seed=seed,
+                   max_model_len=rollout.max_model_len, kv_cache_gib=rollout.kv_cache_gib,
+                   gpu_memory_utilization=rollout.gpu_memory_utilization,
+                   tensor_parallel_size=rollout.tensor_parallel_size,
+                   enable_prefix_caching=rollout.enable_prefix_caching)
+
+
+@dataclass
+class TurnOutput:
+    prompt_ids: list[int]  # as the engine saw them (vision placeholders expanded)
+    response_ids: list[int]
+    logprobs: list[float]  # sampling log-probs of response_ids
+    text: str
+    finish_reason: str | None
+
+
+def _make_engine(opts: EngineOptions):
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(opts.kv_cache_gib))))
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    args = EngineArgs(
+        model=opts.model_dir, dtype=opts.dtype, seed=opts.seed,
+        max_model_len=opts.max_model_len, enforce_eager=not torch.cuda.is_available(),
+        gpu_memory_utilization=opts.gpu_memory_utilization,
+        tensor_parallel_size=opts.tensor_parallel_size,
+        enable_prefix_caching=opts.enable_prefix_caching,
+        limit_mm_per_prompt={"image": 0, "video": opts.max_videos},
+        worker_extension_cls=SOFT_CAPTURE_EXTENSION,
+        logprobs_mode="processed_logprobs",
+    )
+    return LLMEngine.from_engine_args(args)
+
+
+class PolicyEngine:
+    def __init__(self, opts: EngineOptions, slot_token_id: int, num_slots: int):
+        self.opts = opts
+        self.num_slots = num_slots
+        self.slot_token_id = slot_token_id
+        started = time.perf_counter()
+        self.engine = _make_engine(opts)
+        self.engine.collective_rpc("install_soft_capture", args=(slot_token_id, num_slots))
+        self.start_seconds = time.perf_counter() - started
+        self.tokenizer = self.engine.get_tokenizer()
+        self._ids = itertools.count()
+        self._inbox: queue.Queue = queue.Queue()
+        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self._closed = False
+        self.generated_tokens = 0
+        self._thread = threading.Thread(target=self._loop, name="vllm-step", daemon=True)
+        self._thread.start()
+
+    # ---- the stepping thread -------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._closed:
+            try:  # block only while the engine has nothing to step
+                item = self._inbox.get(block=not self.engine.has_unfinished_requests())
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self._handle(item)
+                continue
+            for out in self.engine.step():
+                if out.finished:
+                    self._resolve(out.request_id, out)
+
+    def _handle(self, item) -> None:
+        kind, rid, payload = item
+        if kind == "stop":
+            return
+        if kind == "call":  # run fn on this thread, between steps
+            try:
+                self._resolve(rid, payload())
+            except Exception as exc:  # noqa: BLE001 - delivered to the caller
+                self._resolve(rid, exc)
+            return
+        prompt, params = payload
+        try:
+            self.engine.add_request(rid, prompt, params)
+        except Exception as exc:  # noqa: BLE001 - e.g. a prompt longer than the model
+            self._resolve(rid, exc)
+
+    def _resolve(self, rid: str, value) -> None:
+        loop, fut = self._waiters.pop(rid)
+
+        def _set() -> None:
+            if fut.done():
+                return
+            if isinstance(value, Exception):
+                fut.set_exception(value)
+            else:
+                fut.set_result(value)
+
+        loop.call_soon_threadsafe(_set)
+
+    def _submit(self, kind: str, payload) -> tuple[str, asyncio.Future]:
+        if self._closed:
+            raise RuntimeError("PolicyEngine is shut down")
+        rid = f"r{next(self._ids)}"
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiters[rid] = (loop, fut)
+        self._inbox.put((kind, rid, payload))
+        return rid, fut
+
+    async def _call(self, fn: Callable):
+        return await self._submit("call", fn)[1]
+
+    # ---- public API ----------------------------------------------------------------
+    def sampling_params(self, sampling: SamplingConfig, stop_token_ids: Iterable[int],
+                        seed: int | None = None, greedy: bool = False):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            max_tokens=sampling.max_tokens, seed=seed, logprobs=0,
+            stop_token_ids=list(stop_token_ids), skip_special_tokens=False,
+        )
+
+    async def generate(self, prompt_ids: list[int], mm_data: dict | None, params) -> TurnOutput:
+        prompt = {"prompt_token_ids": list(prompt_ids)}
+        if mm_data:
+            prompt["multi_modal_data"] = mm_data
+        out = await self._submit("generate", (prompt, params))[1]
+        completion = out.outputs[0]
+        ids = list(completion.token_ids)
+        logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs or [], ids)]
+        self.generated_tokens += len(ids)
+        return TurnOutput(prompt_ids=list(out.prompt_token_ids), response_ids=ids,
+                          logprobs=logprobs, text=completion.text,
+                          finish_reason=completion.finish_reason)
+
+    async def slot_hidden_states(self, sequence_ids: list[int], mm_data: dict | None) -> np.ndarray:
+        """Final hidden states [N, H] at N slot tokens appended to `sequence_ids` (the
+        unexpanded prompt + response): one prefill that reuses the cached prefix."""
+        from vllm import SamplingParams
+
+        prompt = {"prompt_token_ids": list(sequence_ids) + [self.slot_token_id] * self.num_slots}
+        if mm_data:
+            prompt["multi_modal_data"] = mm_data
+        rid, fut = self._submit("generate", (prompt, SamplingParams(max_tokens=1, temperature=0.0)))
+        await fut
+        states = await self._call(
+            lambda: self.engine.collective_rpc("pop_slot_states", args=([rid],))[0])
+        if rid not in states:
+            raise RuntimeError(f"soft-token capture missed request {rid}")
+        return np.asarray(states[rid], dtype=np.float32)
+
+    async def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
+        """Reload weights in place (Hugging Face names) between engine steps; seconds."""
+        tensors = list(named_tensors)
+
+        def _reload() -> float:
+            started = time.perf_counter()
+            self.engine.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors)})
+            self.engine.reset_prefix_cache()
+            return time.perf_counter() - started
+
+        return await self._call(_reload)
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(("stop", "", None))
+        self._thread.join(timeout=10)

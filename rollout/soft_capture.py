@@ -1,0 +1,68 @@
+"""Soft query tokens captured inside the vLLM engine.
+
+A vLLM worker extension (mixed into the worker by `worker_extension_cls`, reached via
+`collective_rpc`). It installs one forward hook on the language model's final norm;
+on every step it walks the persistent batch (`input_batch.req_ids` with
+`query_start_loc`), finds the requests whose prefill completes in this step and whose
+last N scheduled tokens are SQR slot tokens, and keeps those N final hidden states
+keyed by request id. This is what maps hidden states to the right request under
+continuous batching: the batch layout, not arrival order.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+_MAX_PENDING = 4096  # states of requests nobody collected (aborted) are dropped past this
+
+
+def _final_norm(model: torch.nn.Module) -> torch.nn.Module:
+    lm = getattr(model, "language_model", model)
+    inner = getattr(lm, "model", lm)
+    return inner.norm
+
+
+class SoftTokenCapture:
+    """Methods here become methods of the vLLM worker (self.model_runner is the runner)."""
+
+    def install_soft_capture(self, slot_token_id: int, num_slots: int) -> bool:
+        self._slot_id = int(slot_token_id)
+        self._num_slots = int(num_slots)
+        self._slot_states: OrderedDict[str, torch.Tensor] = OrderedDict()
+        norm = _final_norm(self.model_runner.get_model())
+        if getattr(self, "_soft_hook", None) is not None:
+            self._soft_hook.remove()
+        self._soft_hook = norm.register_forward_hook(self._capture_slots)
+        return True
+
+    def _capture_slots(self, _module, _inputs, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        runner, n = self.model_runner, self._num_slots
+        batch = runner.input_batch
+        starts = runner.query_start_loc.np
+        token_ids = runner.input_ids.np
+        for i, req_id in enumerate(batch.req_ids):
+            start, end = int(starts[i]), int(starts[i + 1])
+            if end - start < n or not (token_ids[end - n:end] == self._slot_id).all():
+                continue
+            request = runner.requests[req_id]
+            prompt_len = len(request.prompt_token_ids or ())
+            if int(batch.num_computed_tokens_cpu[i]) + (end - start) != prompt_len:
+                continue  # an earlier chunk of a chunked prefill, or a decode step
+            self._slot_states[req_id] = hidden[end - n:end].detach().float().cpu().clone()
+            while len(self._slot_states) > _MAX_PENDING:
+                self._slot_states.popitem(last=False)
+
+    def pop_slot_states(self, request_ids: list[str]) -> dict[str, list[list[float]]]:
+        """States for the given external request ids (vLLM appends '-<suffix>' inside),
+        as nested lists: they cross the engine's process boundary as msgpack."""
+        wanted = set(request_ids)
+        found = {}
+        for internal in list(self._slot_states):
+            external = internal.rsplit("-", 1)[0]
+            key = internal if internal in wanted else external
+            if key in wanted:
+                found[key] = self._slot_states.pop(internal).tolist()
+        return found
