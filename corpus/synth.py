@@ -81,8 +81,13 @@ def generate_corpus(cfg: SynthConfig, out_dir: Path, progress: bool = False) -> 
     """Writes videos/, videos.parquet, queries.parquet, then manifest.json as the completion mark.
 
     Video paths in the table are relative to out_dir, so a corpus can be moved and two
-    generations of one config are equal wherever they live.
+    generations of one config are equal wherever they live. The manifest also holds what
+    the tables cannot: `near_duplicate_of` (copy id -> original id) and every video's
+    scene. queries_per_video is an upper bound: a near-duplicate pair member has only its
+    changed event to ask about.
     """
+    if cfg.size < 16 or cfg.size % 2 or cfg.seconds < MIN_SPAN or cfg.fps < 1:
+        raise ValueError(f"synth needs an even size >= 16, seconds >= {MIN_SPAN} and fps >= 1, got {cfg}")
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
     if manifest_path.is_file():
@@ -90,8 +95,6 @@ def generate_corpus(cfg: SynthConfig, out_dir: Path, progress: bool = False) -> 
         if {k: manifest.get(k) for k in ("version", "config")} == _manifest(cfg) and _complete(out_dir, manifest):
             return _corpus(out_dir, manifest)
         manifest_path.unlink()
-    if cfg.size < 16 or cfg.size % 2 or cfg.seconds < MIN_SPAN or cfg.fps < 1:
-        raise ValueError(f"synth needs an even size >= 16, seconds >= {MIN_SPAN} and fps >= 1, got {cfg}")
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "videos").glob("synth_*.mp4"):
         stale.unlink()
@@ -160,12 +163,11 @@ def _events(seconds: int, bg: str, used: set[tuple], rng: np.random.Generator) -
     while spans.sum() > seconds:
         spans[spans.argmax()] -= 1
     gaps = rng.multinomial(seconds - spans.sum(), np.full(k + 1, 1 / (k + 1)))
-    colours = [str(c) for c in rng.permutation(list(COLOURS))]  # distinct within a video
     events, t = [], 0
     for span, gap in zip(spans, gaps[:k], strict=True):
         t += int(gap)
-        options = [(c, s, m) for c in colours if c not in {e.colour for e in events}
-                   for s in SHAPES for m in MOTIONS]
+        taken = {e.colour for e in events}  # colours stay distinct within a video
+        options = [(c, s, m) for c in COLOURS if c not in taken for s in SHAPES for m in MOTIONS]
         fresh = [o for o in options if (bg, *o) not in used] or options
         c, s, m = fresh[int(rng.integers(len(fresh)))]
         used.add((bg, c, s, m))
@@ -221,8 +223,7 @@ def _render(v: Video, cfg: SynthConfig) -> np.ndarray:
     size, n = cfg.size, cfg.seconds * cfg.fps
     side = max(4, round(size / 3))
     masks = _masks(side)
-    frames = np.empty((n, size, size, 3), np.uint8)
-    frames[:] = BACKGROUNDS[v.background]
+    frames = np.full((n, size, size, 3), BACKGROUNDS[v.background], np.uint8)
     lo, hi = side / 2, size - side / 2  # centre range that keeps the object inside the frame
     for e in v.events:
         dx, dy = MOTIONS[e.motion]
