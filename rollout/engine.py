@@ -69,7 +69,7 @@ def _make_engine(opts: EngineOptions):
         gpu_memory_utilization=opts.gpu_memory_utilization,
         tensor_parallel_size=opts.tensor_parallel_size,
         enable_prefix_caching=opts.enable_prefix_caching,
-        limit_mm_per_prompt={"image": 0, "video": opts.max_videos},
+        limit_mm_per_prompt={"image": 1, "video": opts.max_videos},
         worker_extension_cls=SOFT_CAPTURE_EXTENSION,
         logprobs_mode="processed_logprobs",
     )
@@ -169,7 +169,7 @@ class PolicyEngine:
         out = await self._submit("generate", (prompt, params))[1]
         completion = out.outputs[0]
         ids = list(completion.token_ids)
-        logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs or [], ids)]
+        logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs, ids, strict=True)]
         self.generated_tokens += len(ids)
         return TurnOutput(prompt_ids=list(out.prompt_token_ids), response_ids=ids,
                           logprobs=logprobs, text=completion.text,

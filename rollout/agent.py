@@ -1,0 +1,142 @@
+"""The multi-turn agent loop: search -> verify -> (refine -> search again) -> ground.
+
+Plain asyncio over two small protocols, so it runs against in-process objects in
+tests and against Ray actor handles in training. Every episode is its own coroutine:
+many queries and samples are in flight at once and nothing waits for the slowest
+episode's next turn (no lock-step across turns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from config.schema import Config
+from rollout.parsing import parse_response
+from rollout.rewards import (
+    RewardParts,
+    format_reward,
+    grounding_reward,
+    retrieval_reward,
+    total_reward,
+    verification_reward,
+)
+from rollout.trajectory import Turn
+
+
+@dataclass
+class Query:
+    query_id: str
+    text: str
+    video_id: str
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class SearchResult:
+    vector: np.ndarray  # the query vector that was searched
+    video_ids: list[str]
+    scores: list[float]
+
+
+class PolicyClient(Protocol):
+    async def generate(self, query: str, video_path: str, seed: int | None, greedy: bool): ...
+    async def soft_tokens(self, query: str, response_ids: list[int], video_path: str) -> np.ndarray: ...
+
+
+class RetrieverClient(Protocol):
+    async def search(self, text: str, soft_tokens: np.ndarray | None, k: int) -> SearchResult: ...
+    async def score(self, vector: np.ndarray, video_ids: list[str]) -> list[float]: ...
+
+
+def _negatives(result: SearchResult, gt: str, shown: str, k: int) -> list[str]:
+    """The wrongly shown top-1 first, then hard negatives from the top-k pool."""
+    pool = [shown] + [v for v in result.video_ids if v != shown]
+    return [v for v in pool if v != gt][:k]
+
+
+async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever: RetrieverClient,
+                      video_path: Callable[[str], str], cfg: Config, *, seed: int | None = None,
+                      greedy: bool = False) -> list[Turn]:
+    """One episode of at most T turns; returns its turn records (the last is final)."""
+    k, n_neg = cfg.retrieval.topk, cfg.learner.infonce_negatives
+    result = await retriever.search(query.text, None, k)
+    turns: list[Turn] = []
+    for t in range(1, cfg.rollout.max_turns + 1):
+        shown = result.video_ids[0]
+        gen = await policy.generate(query.text, video_path(shown), seed, greedy)
+        parsed = parse_response(gen.text)
+        is_gt = shown == query.video_id
+        parts = RewardParts(
+            format=format_reward(parsed),
+            verification=verification_reward(parsed, is_gt),
+            retrieval=None,
+            grounding=grounding_reward(parsed, is_gt, (query.start_s, query.end_s)),
+        )
+        turn = Turn(
+            episode_id=f"{query.query_id}#{sample}", query_id=query.query_id, sample=sample,
+            turn=t, query_text=query.text, gt_video_id=query.video_id, gt_start=query.start_s,
+            gt_end=query.end_s, video_id=shown, video_path=video_path(shown),
+            frame_times=gen.frame_times, retrieved_ids=result.video_ids,
+            retrieved_scores=[float(s) for s in result.scores], prompt_ids=gen.prompt_ids,
+            response_ids=gen.response_ids, sampling_logprobs=gen.logprobs,
+            response_text=gen.text, answer=parsed.answer,
+            pred_start=_finite(parsed.start), pred_end=_finite(parsed.end),
+            weight_version=gen.weight_version,
+        )
+        turns.append(turn)
+        if parsed.answer == "matched" or t == cfg.rollout.max_turns:
+            _set_rewards(turn, parts, cfg)
+            break
+        soft = await policy.soft_tokens(query.text, gen.response_ids, video_path(shown))
+        refined = await retriever.search(query.text, soft, k)
+        negatives = _negatives(refined, query.video_id, shown, n_neg)
+        scores = await retriever.score(refined.vector, [query.video_id] + negatives)
+        base = None
+        if cfg.reward.retrieval_improvement:  # credit only what refinement added
+            base = await retriever.score(result.vector, [query.video_id] + negatives)
+        parts = dataclasses.replace(parts, retrieval=retrieval_reward(
+            scores[0], scores[1:], cfg.learner.infonce_tau,
+            baseline_pos=base[0] if base else None, baseline_negs=base[1:] if base else None,
+            improvement=base is not None))
+        turn.soft_tokens = soft.tolist()
+        turn.refined_scores = [float(s) for s in scores]
+        _set_rewards(turn, parts, cfg)
+        result = refined
+    turns[-1].is_final = True
+    return turns
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _set_rewards(turn: Turn, parts: RewardParts, cfg: Config) -> None:
+    turn.reward_format = parts.format
+    turn.reward_verification = parts.verification
+    turn.reward_retrieval = parts.retrieval or 0.0
+    turn.reward_grounding = parts.grounding
+    turn.reward = total_reward(parts, cfg.reward)
+
+
+def episode_reward(turns: list[Turn]) -> float:
+    """The scalar GRPO normalises within a group: the mean of the turns' rewards, so
+    that an extra refinement turn is neither free credit nor a penalty by itself."""
+    return float(np.mean([t.reward for t in turns])) if turns else 0.0
+
+
+async def run_group(query: Query, group_size: int, policy_for: Callable[[int], PolicyClient],
+                    retriever: RetrieverClient, video_path: Callable[[str], str], cfg: Config,
+                    seed: int) -> list[list[Turn]]:
+    """G episodes of one query, concurrently."""
+    return await asyncio.gather(*[
+        run_episode(query, g, policy_for(g), retriever, video_path, cfg, seed=seed * 1000 + g)
+        for g in range(group_size)
+    ])

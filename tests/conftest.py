@@ -1,0 +1,41 @@
+"""Session fixtures shared by all test packages: one tiny-model cache, one synthetic
+corpus and one config pointing at them, built once per run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("work")
+
+
+@pytest.fixture(scope="session")
+def cfg(workdir):
+    """The embedded default, redirected into the session's temporary folder."""
+    from config import load_config
+
+    return load_config("cpu_tiny", [
+        f"paths.workdir={workdir}", f"paths.model_cache={workdir / 'models'}",
+    ])
+
+
+@pytest.fixture(scope="session")
+def model_dirs(cfg):
+    from models.loading import resolve_model_dirs
+
+    return resolve_model_dirs(cfg)
+
+
+@pytest.fixture(scope="session")
+def synth(cfg, workdir):
+    from corpus.synth import generate_corpus
+
+    return generate_corpus(cfg.corpus.synth, workdir / "corpus")

