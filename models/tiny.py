@@ -32,7 +32,7 @@ POLICY_DIR = "tiny-qwen3vl-policy"
 EMBEDDER_DIR = "tiny-qwen3vl-embedder"
 MANIFEST = "tiny_manifest.json"
 # Bump when the recipe changes so that cached models are rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 def _config(tokenizer, hidden: int, layers: int, vocab: int) -> Qwen3VLConfig:

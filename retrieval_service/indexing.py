@@ -32,6 +32,7 @@ from retrieval_service.index import write_index
 
 REPORT = "report.json"
 FLUSH_ROWS = 256  # embeddings per Parquet part: what a crash can cost
+DECODE_WORKER_BYTES = 640 << 20
 
 
 @dataclass
@@ -161,11 +162,11 @@ def embed_videos(rows: list[dict], embedder_dir: Path, cfg: Config, num_actors: 
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     video = asdict(cfg.video)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), len(rows) // batch_size)))
-    # A decode task reserves the memory of the frames it holds (twice: decoder buffers).
-    # Differing resource requests also keep Ray Data from fusing decoding into the embed
-    # actors, which would serialise the two stages.
-    frame_bytes = 2 * 3 * cfg.video.max_frames * cfg.video.max_pixels
-    ds = ds.map(decode_row, fn_kwargs={"video": video}, num_cpus=1, memory=frame_bytes)
+    # A decode task reserves its worker (measured ~0.5 GiB) plus the frames it holds, twice
+    # for decoder buffers. Differing resource requests also keep Ray Data from fusing
+    # decoding into the embed actors, which would serialise the two stages.
+    memory = DECODE_WORKER_BYTES + 2 * 3 * cfg.video.max_frames * cfg.video.max_pixels
+    ds = ds.map(decode_row, fn_kwargs={"video": video}, num_cpus=1, memory=memory)
     ds = ds.map_batches(
         EmbedBatch, batch_size=batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(embedder_dir=str(embedder_dir), dtype=cfg.model.dtype,

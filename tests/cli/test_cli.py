@@ -1,0 +1,51 @@
+import json
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+
+def test_help_lists_subcommands():
+    out = runner.invoke(app, ["--help"])
+    assert out.exit_code == 0
+    for name in ("train", "corpus", "models", "bench", "doctor", "config"):
+        assert name in out.output
+
+
+def test_config_error_exits_2_and_names_the_key():
+    out = runner.invoke(app, ["config", "rollout.group_sise=3"])
+    assert out.exit_code == 2
+    assert "rollout.group_sise" in out.output
+
+
+def test_config_prints_overrides():
+    out = runner.invoke(app, ["config", "rollout.group_size=3"])
+    assert out.exit_code == 0 and "group_size: 3" in out.output
+
+
+def test_corpus_synth_and_models_tiny(tmp_path):
+    args = [f"paths.workdir={tmp_path}", f"paths.model_cache={tmp_path / 'm'}",
+            "corpus.synth.num_videos=6"]
+    out = runner.invoke(app, ["corpus", "synth", *args])
+    assert out.exit_code == 0, out.output
+    assert pq.read_table(tmp_path / "corpus" / "videos.parquet").num_rows == 6
+    out = runner.invoke(app, ["models", "tiny", *args])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "m" / "tiny-qwen3vl-policy" / "config.json").is_file()
+
+
+def test_corpus_import_reports_bad_rows(tmp_path):
+    ann = tmp_path / "fig.jsonl"
+    good = {"video": "v1", "time": [1.0, 3.0], "duration": 10.0, "fig_desc": "a man runs",
+            "cog_desc": "", "desc_id": 7}
+    ann.write_text(json.dumps(good) + "\n{not json\n")
+    out_path = tmp_path / "q.parquet"
+    out = runner.invoke(app, ["corpus", "import", "fig", str(ann), "--out", str(out_path)])
+    assert out.exit_code == 0, out.output
+    assert pq.read_table(out_path).num_rows == 1
+    assert "fig.jsonl:2" in out.output
+    strict = runner.invoke(app, ["corpus", "import", "fig", str(ann), "--out", str(out_path), "--strict"])
+    assert strict.exit_code == 1 and "fig.jsonl:2" in strict.output

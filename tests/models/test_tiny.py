@@ -1,0 +1,74 @@
+import json
+
+import pytest
+import torch
+
+from models.loading import ModelNotFoundError, load_embedder, load_policy, load_processor
+from models.sqr_heads import SQRHeads
+from models.tiny import MANIFEST, build_tiny_models
+from models.tokenizer import QWEN_SPECIAL_TOKENS, REFINE_TOKEN, SQR_SLOT_TOKEN
+
+
+def test_tiny_policy_is_the_real_architecture(model_dirs):
+    policy_dir, embedder_dir = model_dirs
+    cfg = json.loads((policy_dir / "config.json").read_text())
+    assert cfg["architectures"] == ["Qwen3VLForConditionalGeneration"]
+    assert cfg["tie_word_embeddings"] is False and cfg["text_config"]["head_dim"] == 64
+    model, heads = load_policy(policy_dir)
+    assert model.lm_head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    assert heads.cfg.num_tokens == 8
+    assert heads.cfg.policy_hidden == model.config.text_config.hidden_size
+    embedder = load_embedder(embedder_dir)
+    assert type(embedder).__name__ == "Qwen3VLModel"
+    assert heads.cfg.embedder_hidden == embedder.config.text_config.hidden_size
+
+
+def test_tokenizer_keeps_qwen_special_tokens_and_adds_sqr_tokens(model_dirs):
+    tok = load_processor(model_dirs[0]).tokenizer
+    for t in QWEN_SPECIAL_TOKENS + ["<think>", "</think>", REFINE_TOKEN, SQR_SLOT_TOKEN]:
+        ids = tok(t, add_special_tokens=False).input_ids
+        assert len(ids) == 1, t
+    text = "<think>ok</think> <answer>matched</answer> <start>1.5</start> <end>4</end> <REFINE>"
+    ids = tok(text).input_ids
+    assert tok.decode(ids, skip_special_tokens=True) == text  # parser-visible tags survive
+
+
+def test_chat_template_places_video_and_text(model_dirs):
+    proc = load_processor(model_dirs[0])
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}]
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert text == ("<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>q<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+
+
+def test_build_is_cached_and_rebuilt_on_recipe_change(tmp_path):
+    first = build_tiny_models(tmp_path, max_frames=8)
+    stamp = (first[0] / "model.safetensors").stat().st_mtime_ns
+    again = build_tiny_models(tmp_path, max_frames=8)
+    assert again == first and (first[0] / "model.safetensors").stat().st_mtime_ns == stamp
+    build_tiny_models(tmp_path, max_frames=16)
+    assert json.loads((tmp_path / MANIFEST).read_text())["max_frames"] == 16
+
+
+def test_same_seed_same_weights(tmp_path):
+    a = build_tiny_models(tmp_path / "a", seed=3)
+    b = build_tiny_models(tmp_path / "b", seed=3)
+    ma, _ = load_policy(a[0])
+    mb, _ = load_policy(b[0])
+    for (na, pa), (_, pb) in zip(ma.state_dict().items(), mb.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), na
+
+
+def test_sqr_heads_round_trip(tmp_path, model_dirs):
+    heads = SQRHeads.load(model_dirs[0])
+    heads.save(tmp_path)
+    again = SQRHeads.load(tmp_path)
+    x = torch.randn(2, 8, heads.cfg.policy_hidden)
+    assert torch.equal(heads.to_embedder(heads.soft_tokens(x)), again.to_embedder(again.soft_tokens(x)))
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=str(tmp_path / "nope")):
+        load_policy(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="sqr"):
+        SQRHeads.load(tmp_path)
