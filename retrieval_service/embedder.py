@@ -10,6 +10,9 @@ respect to the soft tokens (the learner backpropagates InfoNCE through it).
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,18 @@ def video_metadata(video: DecodedVideo) -> VideoMetadata:
         height=video.frames.shape[1], width=video.frames.shape[2], duration=video.duration_s,
         frames_indices=indices.tolist(),
     )
+
+
+def model_id(embedder_dir: str | Path, instruction: str, video: VideoConfig) -> str:
+    """Names the vector space: weights + config + instruction + frame sampling."""
+    embedder_dir = Path(embedder_dir)
+    h = hashlib.sha256(json.dumps([instruction, asdict(video)]).encode())
+    for path in sorted(embedder_dir.glob("*.json")) + sorted(embedder_dir.glob("*.safetensors")):
+        h.update(path.name.encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return f"{embedder_dir.name}-{h.hexdigest()[:12]}"
 
 
 class Embedder:

@@ -10,7 +10,6 @@ A video that fails to decode is reported (video_id, path, reason) and the run go
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -27,7 +26,7 @@ from config.schema import Config, VideoConfig
 from corpus.schema import read_videos
 from corpus.video import DecodedVideo, VideoDecodeError, decode_video
 from models.loading import resolve_model_dirs
-from retrieval_service.embedder import Embedder
+from retrieval_service.embedder import Embedder, model_id
 from retrieval_service.index import write_index
 
 REPORT = "report.json"
@@ -64,18 +63,6 @@ class IndexReport:
                  f"{self.indexed} indexed in shards {self.shard_counts} -> {self.index_dir}"]
         lines += [f"  failed {f.video_id} ({f.path}): {f.reason}" for f in self.failures]
         return "\n".join(lines)
-
-
-def model_id(embedder_dir: str | Path, instruction: str, video: VideoConfig) -> str:
-    """Names the vector space: weights + config + instruction + frame sampling."""
-    embedder_dir = Path(embedder_dir)
-    h = hashlib.sha256(json.dumps([instruction, asdict(video)]).encode())
-    for path in sorted(embedder_dir.glob("*.json")) + sorted(embedder_dir.glob("*.safetensors")):
-        h.update(path.name.encode())
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-    return f"{embedder_dir.name}-{h.hexdigest()[:12]}"
 
 
 def decode_row(row: dict, video: dict) -> dict:
