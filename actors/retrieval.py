@@ -131,6 +131,14 @@ class RetrievalRouter:
         return out
 
 
+def start_shards(index_dir: str | Path, num_cpus: float, num_gpus: float = 0.0,
+                 use_gpu: bool = False) -> list:
+    """One actor per shard of a built index; a shard uses its GPU only if it was given one."""
+    manifest = read_manifest(index_dir)
+    return [IndexShardActor.options(num_cpus=num_cpus, num_gpus=num_gpus)
+            .remote(str(index_dir), i, use_gpu and num_gpus > 0) for i in range(manifest["num_shards"])]
+
+
 def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float = 0.0):
     """Shard actors + query encoder + router for a built index; returns the router handle."""
     manifest = read_manifest(index_dir)
@@ -140,9 +148,8 @@ def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float =
         raise ValueError(f"index {index_dir} was built by {manifest['model_id']}, but the query "
                          f"encoder is {expected}: rebuild the index")
     res = cfg.resources
-    use_gpu = cfg.retrieval.use_gpu and res.gpus_per_index_shard > 0
-    shards = [IndexShardActor.options(num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_index_shard)
-              .remote(str(index_dir), i, use_gpu) for i in range(manifest["num_shards"])]
+    shards = start_shards(index_dir, res.cpus_per_actor, res.gpus_per_index_shard,
+                          cfg.retrieval.use_gpu)
     encoder = QueryEncoderActor.options(num_cpus=res.cpus_per_actor, num_gpus=encoder_gpus).remote(
         str(embedder_dir), str(policy_dir), cfg.model.dtype, cfg.model.embed_instruction)
     router = RetrievalRouter.remote(shards, encoder, manifest)

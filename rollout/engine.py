@@ -69,6 +69,9 @@ def _make_engine(opts: EngineOptions):
         gpu_memory_utilization=opts.gpu_memory_utilization,
         tensor_parallel_size=opts.tensor_parallel_size,
         enable_prefix_caching=opts.enable_prefix_caching,
+        # On CPU a chunked prefill of a seeded request crashes vLLM's sampler
+        # ("CPU Generator does not use offset"), so prefills are never split there.
+        enable_chunked_prefill=torch.cuda.is_available(),
         limit_mm_per_prompt={"image": 1, "video": opts.max_videos},
         worker_extension_cls=SOFT_CAPTURE_EXTENSION,
         logprobs_mode="processed_logprobs",
@@ -90,6 +93,7 @@ class PolicyEngine:
         self._inbox: queue.Queue = queue.Queue()
         self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._closed = False
+        self.error: RuntimeError | None = None
         self.generated_tokens = 0
         self._thread = threading.Thread(target=self._loop, name="vllm-step", daemon=True)
         self._thread.start()
@@ -104,9 +108,20 @@ class PolicyEngine:
             if item is not None:
                 self._handle(item)
                 continue
-            for out in self.engine.step():
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # noqa: BLE001 - the engine is unusable: fail loudly
+                self._fail(exc)
+                return
+            for out in outputs:
                 if out.finished:
                     self._resolve(out.request_id, out)
+
+    def _fail(self, exc: Exception) -> None:
+        self.error = RuntimeError(f"vLLM engine failed: {type(exc).__name__}: {exc}")
+        self._closed = True
+        for rid in list(self._waiters):
+            self._resolve(rid, self.error)
 
     def _handle(self, item) -> None:
         kind, rid, payload = item
@@ -135,11 +150,14 @@ class PolicyEngine:
             else:
                 fut.set_result(value)
 
-        loop.call_soon_threadsafe(_set)
+        try:
+            loop.call_soon_threadsafe(_set)
+        except RuntimeError:  # the caller's event loop is gone; nobody is waiting
+            pass
 
     def _submit(self, kind: str, payload) -> tuple[str, asyncio.Future]:
         if self._closed:
-            raise RuntimeError("PolicyEngine is shut down")
+            raise self.error or RuntimeError("PolicyEngine is shut down")
         rid = f"r{next(self._ids)}"
         loop = asyncio.get_running_loop()
         fut = loop.create_future()

@@ -64,5 +64,14 @@ def hf_video_inputs(processor, video: DecodedVideo) -> dict[str, torch.Tensor]:
             "video_grid_thw": out["video_grid_thw"]}
 
 
+def hf_turn_inputs(processor, query: str, video: DecodedVideo) -> dict[str, torch.Tensor]:
+    """A whole verification prompt for transformers, placeholders expanded."""
+    frames, meta = _frames_and_metadata(video)
+    text = processor.apply_chat_template(verification_messages(query),
+                                         add_generation_prompt=True, tokenize=False)
+    return dict(processor(text=[text], videos=[frames], video_metadata=[VideoMetadata(**meta)],
+                          do_sample_frames=False, return_tensors="pt"))
+
+
 def mm_token_type_ids(processor, ids: list[int]) -> torch.Tensor:
     return torch.tensor(processor.create_mm_token_type_ids([ids]))

@@ -77,12 +77,13 @@ def test_k_beyond_corpus_and_empty_shard():
     assert scores[2, 0] == 1 and (scores[2, 1:] == 0).all()
 
 
-def test_score_is_the_dot_product(tied):
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_score_is_the_dot_product(tied, kind):
     vectors, ids, queries = tied
     rng = np.random.default_rng(2)
     want_rows = rng.integers(0, len(ids), (len(queries), 6))
     asked = [[ids[j] for j in row] for row in want_rows]
-    rcfg = RetrievalConfig(num_shards=3)
+    rcfg = RetrievalConfig(num_shards=3, index_type=kind)
     which = shard_of(ids, 3)
     parts = [Shard.build(vectors[which == i], ids[which == i], rcfg).score(queries, asked)
              for i in range(3)]

@@ -1,0 +1,207 @@
+"""LearnerGroup: W learner ranks on Ray actors forming one torch.distributed group (gloo on CPU,
+nccl on GPU), each hosting a learner.Learner (DeepSpeed ZeRO-2/3).
+
+Rank 0 picks the rendezvous address and port on its own node; the ranks are placed by one
+placement group (PACK: NCCL prefers one node). The actors outlive a stage: `build` replaces the
+rank's learner (SFT, then GRPO from the SFT export) inside the same process group. Every call
+fans out to all ranks, since each step, save, load and ZeRO-3 gather is a collective, and
+returns rank 0's answer. Data goes through the object store once (`ray.put`), read by all ranks.
+
+Weight sync: on CPU rank 0's tensors are returned into the object store and handed to the
+PolicyWorkers as `actors.rollout_pool.Weights` (WorkerPool.sync loads them, versioned); on GPU
+`connect_workers` + `push_weights` broadcast over NCCL with vLLM's weight-transfer API.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+from ray.util.metrics import Gauge
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.rollout_pool import Weights
+from config.schema import Config
+from models.loading import resolve_model_dirs
+
+
+@ray.remote
+class LearnerRank:
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world = rank, world
+        self.learner = None
+        self.transfer = None
+        self.step_seconds = Gauge("learner_step_seconds", "Seconds per learner step (rank 0).",
+                                  tag_keys=("stage",)) if rank == 0 else None
+
+    def address(self) -> tuple[str, int]:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def join(self, addr: str, port: int) -> None:
+        from learner.engine import init_distributed
+
+        init_distributed(self.rank, self.world, addr, port)
+
+    def build(self, cfg: Config, stage: str, policy_dir: str, embedder_dir: str | None,
+              ds_overrides: dict | None) -> None:
+        from learner.learner import Learner
+
+        if self.learner is not None:
+            self.learner.close()
+        self.learner = Learner(cfg, stage, policy_dir, embedder_dir, ds_overrides)
+
+    def call(self, method: str, *args):
+        out = getattr(self.learner, method)(*args)
+        if self.step_seconds is not None and method.endswith("_step"):
+            self.step_seconds.set(out["step_seconds"], tags={"stage": self.learner.stage})
+        return out
+
+    @ray.method(num_returns=3)
+    def export_weights(self):
+        return self.learner.export_weights()
+
+    def connect_workers(self, addr: str, port: int, world_size: int, workers: list, tp: int):
+        from learner.nccl_sync import trainer_engine
+
+        self.transfer = trainer_engine(self.learner.engine, self.rank, addr, port, world_size,
+                                       PolicyWorkersClient(workers, tp))
+
+    def push_weights(self) -> tuple[int, dict]:
+        """Policy over NCCL, then (version, heads tensors) back through the object store."""
+        self.transfer.send_weights()
+        version, _, heads = self.learner.export_weights(policy=False)
+        return version, heads
+
+    def version(self) -> int:
+        return self.learner.version
+
+    def close(self) -> None:
+        from learner.engine import close_distributed
+
+        if self.transfer is not None:
+            self.transfer.shutdown()
+        if self.learner is not None:
+            self.learner.close()
+        close_distributed()
+
+
+class PolicyWorkersClient:
+    """vLLM's weight-sync client protocol over PolicyWorker handles (GPU path). Each worker hosts
+    its own engine, so each gets its own NCCL rank offset (vLLM's Ray client would give every
+    engine offset 1). The workers must expose these five methods and forward them to their
+    engine's workers (`collective_rpc`)."""
+
+    def __init__(self, workers: list, tp: int):
+        self.workers, self.tp = list(workers), tp
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        ray.get([w.init_weight_transfer_engine.remote(dict(init_info, rank_offset=1 + i * self.tp))
+                 for i, w in enumerate(self.workers)])
+
+    def start_weight_update(self) -> None:
+        ray.get([w.start_weight_update.remote() for w in self.workers])
+
+    def update_weights(self, update_info: dict) -> None:
+        ray.get([w.update_weights.remote(update_info) for w in self.workers])
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        ray.get([w.finish_weight_update.remote(weight_version) for w in self.workers])
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        ray.get([w.shutdown_weight_transfer_engine.remote() for w in self.workers])
+
+
+class LearnerGroup:
+    def __init__(self, cfg: Config, num_ranks: int | None = None):
+        self.cfg = cfg
+        res = cfg.resources
+        self.world = num_ranks or res.num_learner_ranks
+        bundle = {"CPU": res.cpus_per_actor}
+        if res.gpus_per_learner_rank:
+            bundle["GPU"] = res.gpus_per_learner_rank
+        self.pg = placement_group([bundle] * self.world, strategy="PACK")
+        ray.get(self.pg.ready())
+        self.ranks = [
+            LearnerRank.options(
+                num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_learner_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i),
+            ).remote(i, self.world)
+            for i in range(self.world)
+        ]
+        addr, port = ray.get(self.ranks[0].address.remote())
+        ray.get([r.join.remote(addr, port) for r in self.ranks])
+        self.stage: str | None = None
+
+    def _all(self, method: str, *args) -> list:
+        return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
+
+    def _call(self, method: str, *args):
+        refs = [ray.put(a) if isinstance(a, list) else a for a in args]  # one copy for W ranks
+        return self._all("call", method, *refs)[0]
+
+    def build(self, stage: str, policy_dir: str | Path | None = None,
+              embedder_dir: str | Path | None = None, cfg: Config | None = None,
+              ds_overrides: dict | None = None) -> None:
+        """(Re)create every rank's learner for a stage; defaults: the config's models."""
+        cfg = cfg or self.cfg
+        if policy_dir is None or (stage == "sft" and embedder_dir is None):
+            default_policy, default_embedder = resolve_model_dirs(cfg)  # builds tiny models once
+            policy_dir = policy_dir or default_policy
+            embedder_dir = embedder_dir or default_embedder
+        self._all("build", cfg, stage, str(policy_dir),
+                  None if embedder_dir is None else str(embedder_dir), ds_overrides)
+        self.stage = stage
+
+    def with_learner(self, **learner_overrides) -> Config:
+        """The group's config with LearnerConfig fields replaced (for `build(cfg=...)`)."""
+        return replace(self.cfg, learner=replace(self.cfg.learner, **learner_overrides))
+
+    def grpo_step(self, turns: list) -> dict[str, float]:
+        return self._call("grpo_step", turns)
+
+    def sft_step(self, examples: list) -> dict[str, float]:
+        return self._call("sft_step", examples)
+
+    def save(self, directory: str | Path, driver_state: dict) -> str:
+        return self._call("save", str(directory), driver_state)
+
+    def load(self, path: str | Path) -> dict:
+        return self._call("load", str(path))
+
+    def export_hf(self, out_dir: str | Path) -> str:
+        return self._call("export_hf", str(out_dir))
+
+    def version(self) -> int:
+        return ray.get(self.ranks[0].version.remote())
+
+    def export_weights(self) -> Weights:
+        """Rank 0's full tensors, left in the object store for the workers to read."""
+        refs = [r.export_weights.remote() for r in self.ranks]
+        ray.get([ref for triple in refs[1:] for ref in triple])  # the other ranks' part of a gather
+        version_ref, model_ref, heads_ref = refs[0]
+        return Weights(version=ray.get(version_ref), model_ref=model_ref, heads_ref=heads_ref)
+
+    def connect_workers(self, workers: list, tp: int = 1) -> None:
+        """GPU: one NCCL group spanning learner rank 0 and every vLLM rank of the workers."""
+        addr, port = ray.get(self.ranks[0].address.remote())
+        world_size = 1 + len(workers) * tp
+        self._all("connect_workers", addr, port, world_size, workers, tp)
+
+    def push_weights(self) -> Weights:
+        """GPU: broadcast the policy into every connected worker's engine; the heads (small) and
+        the version come back as Weights with no model_ref (the engines already hold it)."""
+        version, heads = self._all("push_weights")[0]
+        return Weights(version=version, model_ref=None, heads_ref=ray.put(heads))
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([r.close.remote() for r in self.ranks], timeout=120)
+        finally:
+            for r in self.ranks:
+                ray.kill(r)
+            remove_placement_group(self.pg)

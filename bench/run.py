@@ -1,0 +1,42 @@
+"""Runs the benchmarks, writes bench/results.json and the table in BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+SUITES = ["retrieval", "rollout", "learner", "e2e"]
+
+
+def main(only: list[str]) -> int:
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results["machine"] = {"cpus": torch.get_num_threads(), "platform": platform.platform(),
+                          "cuda": torch.cuda.is_available(), "date": time.strftime("%Y-%m-%d")}
+    failed = 0
+    for name in only or SUITES:
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError:
+            print(f"[bench] {name}: not available")
+            continue
+        started = time.perf_counter()
+        print(f"[bench] {name} ...", flush=True)
+        try:
+            results[name] = module.run({})
+            results[name]["bench_seconds"] = round(time.perf_counter() - started, 1)
+        except Exception:  # noqa: BLE001 - one broken suite must not hide the others
+            failed += 1
+            traceback.print_exc()
+            results[name] = {"error": traceback.format_exc(limit=3)}
+        RESULTS.write_text(json.dumps(results, indent=2, default=float))
+        print(json.dumps(results[name], indent=2, default=float))
+    print(f"[bench] results -> {RESULTS}")
+    return 1 if failed else 0

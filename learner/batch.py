@@ -1,0 +1,128 @@
+"""Rows (one sequence each, from a trajectory turn or an SFT example) -> padded model inputs.
+
+Sequences are right-padded; Qwen3-VL's M-RoPE positions skip padding through the attention
+mask, so a row's logits do not depend on what it is batched with. Each row carries its own
+video (pixel patches concatenated in row order, one grid per video), re-decoded with the
+config's video settings; decoded videos are cached because a GRPO group shows one video to G
+samples.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from config.schema import VideoConfig
+from corpus.video import DecodedVideo, decode_video
+from rollout.prompts import hf_video_inputs
+
+
+@dataclass
+class Row:
+    ids: list[int]  # expanded prompt + response (+ SQR slots)
+    mask: list[int]  # over ids: 1 where the token is a learned target
+    video: dict[str, torch.Tensor] | None  # pixel_values_videos, video_grid_thw
+    sampled: list[float] | None = None  # sampler log-probs of the masked tokens, in order
+    advantage: float = 0.0
+    weight: float = 1.0  # 0 for filler rows that only keep the ranks' collectives in step
+    num_slots: int = 0  # SQR slot tokens at the end of ids
+    query: str = ""
+    positive: np.ndarray | None = None  # [D_emb] ground-truth video vector (InfoNCE)
+    negatives: np.ndarray | None = None  # [K, D_emb]
+    nce_weight: float = 0.0
+
+    def filler(self) -> Row:
+        return Row(self.ids, self.mask, self.video, self.sampled, 0.0, 0.0, self.num_slots,
+                   self.query, self.positive, self.negatives, 0.0)
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]  # keyword arguments of PolicyWithHeads.forward
+    labels: torch.Tensor  # [B, T-1] ids[:, 1:], aligned with logits[:, :-1]
+    mask: torch.Tensor  # [B, T-1] float, label mask times row weight
+    sampled: torch.Tensor  # [B, T-1] sampler log-probs at masked labels, 0 elsewhere
+    advantages: torch.Tensor  # [B]
+    rows: list[Row]
+
+    def nce_inputs(self, device) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(queries, positives [B, D], negatives [B, K, D], per-row InfoNCE weights [B])."""
+        pos = torch.from_numpy(np.stack([r.positive for r in self.rows])).float().to(device)
+        neg = torch.from_numpy(np.stack([r.negatives for r in self.rows])).float().to(device)
+        w = torch.tensor([r.nce_weight * r.weight for r in self.rows], device=device)
+        return [r.query for r in self.rows], pos, neg, w
+
+
+class VideoInputs:
+    """Path -> transformers video inputs, decoded exactly as the rollout decoded them."""
+
+    def __init__(self, processor, video: VideoConfig, cache_size: int = 64):
+        self.processor = processor
+        self.video = video
+        self.decode = functools.lru_cache(maxsize=cache_size)(self._decode)
+        self.inputs = functools.lru_cache(maxsize=cache_size)(self._inputs)
+
+    def _decode(self, path: str) -> DecodedVideo:
+        v = self.video
+        return decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+
+    def _inputs(self, path: str) -> dict[str, torch.Tensor]:
+        return hf_video_inputs(self.processor, self.decode(path))
+
+    def for_turn(self, path: str, frame_times: list[float]) -> dict[str, torch.Tensor]:
+        times = self.decode(path).timestamps
+        if len(times) != len(frame_times) or not np.allclose(times, frame_times, atol=1e-6):
+            raise ValueError(f"{path}: re-decoded frame times {times.tolist()} differ from the "
+                             f"rollout's {list(frame_times)}: video settings changed?")
+        return self.inputs(path)
+
+
+def _check_video(row: Row, video_token: int, merge: int) -> None:
+    n_tokens = row.ids.count(video_token)
+    expected = 0 if row.video is None else int(row.video["video_grid_thw"].prod(-1).sum()) // merge**2
+    if n_tokens != expected:
+        raise ValueError(f"row has {n_tokens} video tokens but its video needs {expected}: "
+                         "prompt ids must be expanded as the engine saw them")
+
+
+def collate(rows: list[Row], processor, merge: int, device) -> Batch:
+    pad = processor.tokenizer.pad_token_id
+    video_token = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width))
+    sampled = torch.zeros((len(rows), width - 1))
+    for i, r in enumerate(rows):
+        if len(r.mask) != len(r.ids):
+            raise ValueError(f"row {i}: mask length {len(r.mask)} != ids length {len(r.ids)}")
+        _check_video(r, video_token, merge)
+        ids[i, :len(r.ids)] = torch.tensor(r.ids)
+        attn[i, :len(r.ids)] = 1
+        mask[i, :len(r.ids)] = torch.tensor(r.mask, dtype=torch.float) * r.weight
+        if r.sampled is not None:
+            where = torch.tensor(r.mask[1:], dtype=torch.bool).nonzero().flatten()
+            if len(where) != len(r.sampled):
+                raise ValueError(f"row {i}: {len(r.sampled)} sampler log-probs for {len(where)} "
+                                 "learned tokens")
+            sampled[i, where] = torch.tensor(r.sampled, dtype=torch.float)
+    inputs = dict(input_ids=ids, attention_mask=attn,
+                  mm_token_type_ids=torch.as_tensor(processor.create_mm_token_type_ids(ids.tolist())))
+    videos = [r.video for r in rows if r.video is not None]
+    if videos:
+        inputs["pixel_values_videos"] = torch.cat([v["pixel_values_videos"] for v in videos])
+        inputs["video_grid_thw"] = torch.cat([v["video_grid_thw"] for v in videos])
+    slots = {r.num_slots for r in rows}
+    if slots != {0}:
+        if len(slots) != 1:
+            raise ValueError(f"rows of one batch need the same number of slots, got {slots}")
+        n = slots.pop()
+        lengths = attn.sum(-1, keepdim=True)
+        inputs["slot_index"] = lengths - n + torch.arange(n)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    return Batch(inputs=inputs, labels=ids[:, 1:].to(device), mask=mask[:, 1:].to(device),
+                 sampled=sampled.to(device),
+                 advantages=torch.tensor([r.advantage for r in rows], device=device), rows=rows)

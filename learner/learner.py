@@ -1,0 +1,167 @@
+"""One learner rank: the DeepSpeed engine over policy + SQR heads, and the SFT and GRPO steps,
+checkpoints and weight export on top of it. Plain torch + DeepSpeed; the process group must
+exist already (learner.engine.init_distributed), whoever hosts the rank (a LearnerGroup actor,
+Ray Train, torchrun).
+
+A learner serves one stage: "sft" trains the language model and the SQR heads against CE +
+InfoNCE (the frozen embedder is loaded); "grpo" trains the language model against the policy
+loss (the frozen reference is loaded only when kl_beta > 0). GRPO starts from the SFT export.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from config.schema import Config
+from learner import checkpoint, weights
+from learner.batch import Row, VideoInputs, collate
+from learner.engine import build_engine, build_reference, device
+from learner.grpo import GRPOLoss, grpo_rows, normaliser, warn_mismatch
+from learner.module import PolicyWithHeads, set_trainable
+from learner.schedule import plan
+from learner.sft import SFTLoss, normalisers, sft_rows
+from learner.sft_data import SFTExample
+from learner.stats import Stats
+from models.loading import load_policy, load_processor
+from models.tokenizer import SQR_SLOT_TOKEN
+from rollout.trajectory import Turn
+
+STAGES = ("sft", "grpo")
+
+
+class Learner:
+    def __init__(self, cfg: Config, stage: str, policy_dir: str | Path,
+                 embedder_dir: str | Path | None = None, ds_overrides: dict | None = None):
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if not dist.is_initialized():
+            raise RuntimeError("join the learner process group first (learner.engine.init_distributed)")
+        if stage == "sft" and embedder_dir is None:
+            raise ValueError("the SFT stage needs the embedder (InfoNCE runs through it)")
+        self.cfg, self.stage, self.policy_dir = cfg, stage, Path(policy_dir)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = device()
+        self.processor = load_processor(policy_dir)
+        self.slot_id = self.processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN)
+        model, heads = load_policy(policy_dir, "float32")  # master weights; DeepSpeed casts on GPU
+        self.merge = model.config.vision_config.spatial_merge_size
+        module = PolicyWithHeads(model, heads)
+        set_trainable(module, heads=stage == "sft", vision=cfg.learner.train_vision_tower)
+        lcfg = cfg.learner
+        self.engine = build_engine(module, lcfg, self.world, ds_overrides)
+        self.ref = None
+        if stage == "grpo" and lcfg.kl_beta > 0:
+            ref_dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+            self.ref = build_reference(load_policy(policy_dir, ref_dtype)[0], lcfg, self.world,
+                                       ds_overrides)
+        self.embedder = None
+        if stage == "sft":
+            from retrieval_service.embedder import Embedder
+
+            self.embedder = Embedder(embedder_dir, None, cfg.model.dtype,
+                                     cfg.model.embed_instruction, cfg.video, device=str(self.device))
+        self.videos = VideoInputs(self.processor, cfg.video)
+
+    @property
+    def version(self) -> int:
+        """Optimizer updates applied so far (restored by `load`): the weight version."""
+        return int(self.engine.global_steps)
+
+    # ---- steps ------------------------------------------------------------------------
+    def grpo_step(self, turns: list[Turn]) -> dict[str, float]:
+        """One pass over the turns (one optimizer update per mini-batch); every rank gets the
+        same turns and takes its own share."""
+        self._require("grpo")
+        started = time.perf_counter()
+        lcfg = self.cfg.learner
+        rows = grpo_rows(turns, self.videos, lcfg.std_normalize_advantages)
+        loss = GRPOLoss(lcfg, self.ref)
+        self._old_logprobs(rows, loss)
+        stats = self._train(rows, loss, lambda mb: normaliser(mb, lcfg.loss_aggregation))
+        metrics = self._finish(stats, started)
+        if self.rank == 0:
+            warn_mismatch(metrics, lcfg.logprob_mismatch_warn)
+        return metrics
+
+    def sft_step(self, examples: list[SFTExample]) -> dict[str, float]:
+        self._require("sft")
+        started = time.perf_counter()
+        rows = sft_rows(examples, self.processor, self.videos, self.slot_id, self.cfg.sqr.num_tokens)
+        metrics = self._finish(self._train(rows, SFTLoss(self.cfg.learner, self.embedder),
+                                           normalisers), started)
+        metrics["loss"] = metrics["ce"] + self.cfg.learner.infonce_lambda * metrics["infonce"]
+        return metrics
+
+    def _require(self, stage: str) -> None:
+        if self.stage != stage:
+            raise RuntimeError(f"this learner serves the {self.stage} stage, not {stage}")
+
+    def _batches(self, rows: list[Row]):
+        """((mini, micro) key, mini-batch rows, this rank's micro-batch) in schedule order."""
+        lcfg = self.cfg.learner
+        for m, mb in enumerate(plan(len(rows), self.rank, self.world, lcfg.micro_batch_size,
+                                    lcfg.grad_accum_steps)):
+            mb_rows = [rows[i] for i in mb.rows]
+            for c, idx in enumerate(mb.micro):
+                mine = [rows[i] for i in idx] or [mb_rows[0].filler()]
+                yield (m, c), mb_rows, collate(mine, self.processor, self.merge, self.device)
+
+    def _old_logprobs(self, rows: list[Row], loss: GRPOLoss) -> None:
+        """Pre-update log-probs, needed only when the turns make several optimizer steps (the
+        first mini-batch uses its own forward, detached)."""
+        if len(rows) <= self.engine.train_batch_size():
+            return
+        with torch.no_grad():
+            for key, _, batch in self._batches(rows):
+                if key[0] > 0:
+                    loss.old[key] = loss.logprobs(self.engine, batch)
+
+    def _train(self, rows: list[Row], loss_fn: Callable, norm: Callable) -> Stats:
+        # DeepSpeed divides by grad_accum_steps and averages over ranks; losses are shares of
+        # the global mean, so that is undone here.
+        scale = self.cfg.learner.grad_accum_steps * self.world
+        stats = Stats()
+        norms: dict[int, object] = {}
+        for key, mb_rows, batch in self._batches(rows):
+            if key[0] not in norms:
+                norms[key[0]] = norm(mb_rows)
+            loss = loss_fn(self.engine, batch, key, norms[key[0]], stats)
+            self.engine.backward(loss * scale)
+            self.engine.step()
+        return stats
+
+    def _finish(self, stats: Stats, started: float) -> dict[str, float]:
+        metrics = stats.reduce()
+        grad_norm = self.engine.get_global_grad_norm()
+        metrics.update(version=self.version, lr=self.engine.get_lr()[0],
+                       step_seconds=time.perf_counter() - started)
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        return metrics
+
+    # ---- checkpoints and weights ------------------------------------------------------
+    def save(self, directory: str | Path, driver_state: dict) -> str:
+        return str(checkpoint.save(self.engine, directory, dict(driver_state)))
+
+    def load(self, path: str | Path) -> dict:
+        return checkpoint.load(self.engine, path)
+
+    def export_hf(self, out_dir: str | Path) -> str | None:
+        out = weights.export_hf(self.engine, self.processor, out_dir)
+        return None if out is None else str(out)
+
+    def export_weights(self, policy: bool = True
+                       ) -> tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(version, policy tensors by HF name, heads tensors); tensors on rank 0 only."""
+        policy_state, heads = weights.full_state(self.engine, policy)
+        return self.version, policy_state, heads
+
+    def close(self) -> None:
+        for engine in (self.engine, self.ref):
+            if hasattr(engine, "destroy"):
+                engine.destroy()

@@ -1,0 +1,58 @@
+"""The trainable policy: the Qwen3-VL model and the SQR heads as one module, so that DeepSpeed
+partitions, steps and checkpoints them together and one forward yields both the token logits
+and the soft query tokens (already mapped into the embedder's input space).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.sqr_heads import SQRHeads
+
+POLICY_PREFIX = "policy."
+HEADS_PREFIX = "heads."
+
+
+class PolicyWithHeads(nn.Module):
+    def __init__(self, policy: nn.Module, heads: SQRHeads):
+        super().__init__()
+        self.policy = policy
+        self.heads = heads
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                mm_token_type_ids: torch.Tensor, pixel_values_videos: torch.Tensor | None = None,
+                video_grid_thw: torch.Tensor | None = None,
+                slot_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits [B, T, V], embedder-space soft tokens [B, N, D_emb] or None).
+
+        `slot_index` [B, N] holds the positions of each row's slot tokens; the soft tokens are
+        the final (normed) hidden states there, through refine_projector then append_projector,
+        exactly as the rollout computes them from vLLM's hidden states.
+        """
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                          mm_token_type_ids=mm_token_type_ids,
+                          pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+                          output_hidden_states=slot_index is not None, use_cache=False)
+        if slot_index is None:
+            return out.logits, None
+        hidden = out.hidden_states[-1]
+        index = slot_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        soft = self.heads.soft_tokens(hidden.gather(1, index))
+        return out.logits, self.heads.to_embedder(soft)
+
+
+def set_trainable(module: PolicyWithHeads, heads: bool, vision: bool) -> None:
+    """Language model always; SQR heads only where a loss reaches them (SFT's InfoNCE): AdamW
+    keeps moving a parameter on stale moments even when its gradient is zero; vision tower
+    on request (it is large in production and already well trained)."""
+    module.requires_grad_(True)
+    module.policy.model.visual.requires_grad_(vision)
+    module.heads.requires_grad_(heads)
+
+
+def split_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Module state -> (policy tensors named as save_pretrained names them, heads tensors)."""
+    policy = {k[len(POLICY_PREFIX):]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
+    heads = {k[len(HEADS_PREFIX):]: v for k, v in state.items() if k.startswith(HEADS_PREFIX)}
+    return policy, heads

@@ -1,0 +1,69 @@
+"""SFT cold start: cross-entropy over the assistant tokens plus lambda x InfoNCE on the refined
+query vector, for one micro-batch. The same code runs under the LearnerGroup's DeepSpeed engine
+and in a plain torch loop (or Ray Train): `model` is anything with PolicyWithHeads.forward.
+
+Each row is prompt + target + N slot tokens: the slots come after the response's <REFINE>, as in
+the rollout, and causal attention keeps them from changing the target tokens' logits, so one
+forward serves both terms. The soft tokens (already through both projectors) replace the slot
+embeddings of the frozen embedder, whose gradient flows back into the projectors and the policy.
+InfoNCE counts only not-matched rows: after a matched answer nothing is searched again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from config.schema import LearnerConfig
+from learner.batch import Batch, Row, VideoInputs
+from learner.losses import info_nce, sft_loss, sft_token_loss
+from learner.sft_data import SFTExample
+from learner.stats import Stats
+from rollout.prompts import hf_turn_inputs
+
+
+def sft_rows(examples: list[SFTExample], processor, videos: VideoInputs,
+             slot_id: int, num_slots: int) -> list[Row]:
+    rows = []
+    for ex in examples:
+        enc = hf_turn_inputs(processor, ex.query, videos.decode(ex.video_path))
+        prompt = enc["input_ids"][0].tolist()
+        target = processor.tokenizer(ex.target, add_special_tokens=False).input_ids
+        rows.append(Row(
+            ids=prompt + target + [slot_id] * num_slots,
+            mask=[0] * len(prompt) + [1] * len(target) + [0] * num_slots,
+            video={k: enc[k] for k in ("pixel_values_videos", "video_grid_thw")},
+            num_slots=num_slots, query=ex.query, positive=ex.positive, negatives=ex.negatives,
+            nce_weight=float(ex.answer == "not_matched")))
+    return rows
+
+
+def normalisers(rows: list[Row]) -> tuple[float, float]:
+    """(assistant tokens, InfoNCE rows) of a whole mini-batch."""
+    return (float(sum(sum(r.mask[1:]) * r.weight for r in rows)),
+            float(sum(r.nce_weight * r.weight for r in rows)))
+
+
+class SFTLoss:
+    """Callable per micro-batch: its share of the mini-batch's global means (like GRPOLoss)."""
+
+    def __init__(self, lcfg: LearnerConfig, embedder):
+        self.lcfg, self.embedder = lcfg, embedder
+
+    def __call__(self, model: Callable, batch: Batch, key, norms: tuple[float, float],
+                 stats: Stats) -> torch.Tensor:
+        logits, soft = model(**batch.inputs)
+        tokens = batch.mask.sum()
+        ce_sum = sft_token_loss(logits[:, :-1], batch.labels, batch.mask) * tokens
+        queries, pos, neg, weights = batch.nce_inputs(soft.device)
+        q = self.embedder.encode_queries(queries, soft, projector=nn.Identity())
+        per_row = torch.stack([info_nce(q[i:i + 1], pos[i:i + 1], neg[i:i + 1],
+                                        self.lcfg.infonce_tau) for i in range(len(queries))])
+        nce_sum = (per_row * weights).sum()
+        n_tok, n_nce = max(norms[0], 1.0), max(norms[1], 1.0)
+        stats.add("ce", (ce_sum / tokens.clamp(min=1)).item(), float(tokens))
+        stats.add("infonce", (nce_sum / weights.sum().clamp(min=1)).item(), float(weights.sum()))
+        stats.total("tokens", float(tokens))
+        return sft_loss(ce_sum / n_tok, nce_sum / n_nce, self.lcfg.infonce_lambda)

@@ -1,0 +1,73 @@
+"""Full weights out of a (possibly ZeRO-3 partitioned) engine, named as Hugging Face names them.
+
+Every rank must take part (a ZeRO-3 gather is a collective); rank 0 gets the tensors, the
+others get empty dicts. Parameters are gathered one at a time, so no rank ever holds more than
+one unpartitioned parameter beyond its shard. `export_hf` writes the policy directory layout
+that vLLM, transformers and models.loading open: safetensors + config + processor + sqr/.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from learner.module import HEADS_PREFIX, split_state
+from models.sqr_heads import SQRHeads
+
+
+def _zero3(engine) -> bool:
+    return engine.zero_optimization_stage() == 3
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def gathered(engine, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(module state name, full tensor) in state_dict order; valid only until the next item
+    under ZeRO-3 (the parameter is re-partitioned then). All ranks iterate in lockstep."""
+    import deepspeed
+
+    module = engine.module
+    params = dict(module.named_parameters())
+    state = module.state_dict(keep_vars=True)
+    for name in names or list(state):
+        tensor = state[name]
+        if _zero3(engine) and name in params:
+            with deepspeed.zero.GatheredParameters([params[name]], modifier_rank=None):
+                yield name, params[name].data
+        else:
+            yield name, tensor.data
+
+
+def full_state(engine, policy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(policy tensors by HF name, SQR heads tensors) on rank 0, CPU copies; ({}, {}) elsewhere.
+    Without `policy`, only the heads (the GPU path sends the policy over NCCL)."""
+    names = [n for n in engine.module.state_dict() if policy or n.startswith(HEADS_PREFIX)]
+    rank0 = _rank() == 0
+    state = {name: t.detach().to("cpu", copy=True) for name, t in gathered(engine, names) if rank0}
+    return split_state(state)
+
+
+def export_hf(engine, processor, out_dir: str | Path) -> Path | None:
+    """Write the policy as a Hugging Face directory (rank 0; written aside, then renamed)."""
+    out = Path(out_dir)
+    policy_state, heads_state = full_state(engine)
+    if _rank() == 0:
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        module = engine.module
+        module.policy.save_pretrained(tmp, state_dict=policy_state, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        heads = SQRHeads(module.heads.cfg)
+        heads.load_state_dict(heads_state)
+        heads.save(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    if dist.is_initialized():
+        dist.barrier()
+    return out if _rank() == 0 else None

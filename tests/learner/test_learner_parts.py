@@ -1,0 +1,157 @@
+"""The learner's pieces without Ray or DeepSpeed: the micro-batch plan, the DeepSpeed config,
+batch building from turns, advantages per episode, SFT examples, checkpoint errors, and the SFT
+loss's gradient path (InfoNCE through the frozen embedder into the SQR heads)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from config.schema import LearnerConfig
+from learner.batch import VideoInputs, collate
+from learner.checkpoint import CheckpointError, resolve
+from learner.engine import ds_config
+from learner.grpo import grpo_rows, turn_advantages
+from learner.schedule import plan
+from learner.sft_data import build_sft_examples
+from rollout.parsing import parse_response
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("world,accum", [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_plan_covers_every_row_once_and_keeps_ranks_in_step(rows, world, accum):
+    plans = [plan(rows, r, world, micro_batch=2, accum=accum) for r in range(world)]
+    assert len({len(p) for p in plans}) == 1, "every rank makes the same number of steps"
+    seen = []
+    for m in range(len(plans[0])):
+        assert {tuple(p[m].rows) for p in plans} == {tuple(plans[0][m].rows)}
+        for p in plans:
+            assert len(p[m].micro) == accum and all(len(c) <= 2 for c in p[m].micro)
+        got = sorted(i for p in plans for c in p[m].micro for i in c)
+        assert got == plans[0][m].rows
+        seen += got
+    assert seen == list(range(rows))
+    with pytest.raises(ValueError):
+        plan(0, 0, world, 2, accum)
+
+
+def test_ds_config_follows_the_learner_config():
+    cfg = ds_config(LearnerConfig(zero_stage=3, micro_batch_size=2, grad_accum_steps=3), world=2,
+                    overrides={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
+    assert cfg["train_batch_size"] == 12 and cfg["gradient_accumulation_steps"] == 3
+    assert cfg["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0}
+    assert cfg["bf16"]["enabled"] is torch.cuda.is_available()
+    assert cfg["zero_force_ds_cpu_optimizer"] is False
+    with pytest.raises(ValueError, match="zero_stage"):
+        ds_config(LearnerConfig(zero_stage=4), world=1)
+
+
+def test_collate_pads_right_and_aligns_labels_and_sampler_logprobs(cfg, processor, grpo_turns):
+    rows = grpo_rows(grpo_turns, VideoInputs(processor, cfg.video), std_normalize=True)
+    batch = collate(rows, processor, merge=2, device="cpu")
+    ids = batch.inputs["input_ids"]
+    assert batch.inputs["video_grid_thw"].shape[0] == len(rows)
+    for i, t in enumerate(grpo_turns):
+        seq = t.prompt_ids + t.response_ids
+        assert ids[i, :len(seq)].tolist() == seq
+        assert (ids[i, len(seq):] == processor.tokenizer.pad_token_id).all()
+        assert batch.inputs["attention_mask"][i].sum() == len(seq)
+        learned = batch.mask[i].nonzero().flatten()
+        assert batch.labels[i, learned].tolist() == t.response_ids
+        assert batch.sampled[i, learned].tolist() == pytest.approx(t.sampling_logprobs)
+    assert batch.advantages.tolist() == pytest.approx([-1, 1, -1, 1], abs=1e-5)
+
+
+def test_rows_refuse_mismatched_video(cfg, processor, grpo_turns):
+    videos = VideoInputs(processor, cfg.video)
+    short = dataclasses.replace(grpo_turns[0], frame_times=grpo_turns[0].frame_times[:-1])
+    with pytest.raises(ValueError, match="frame times"):
+        grpo_rows([short], videos, True)
+    video_pad = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    ids = list(grpo_turns[0].prompt_ids)
+    ids.remove(video_pad)
+    with pytest.raises(ValueError, match="video tokens"):
+        collate(grpo_rows([dataclasses.replace(grpo_turns[0], prompt_ids=ids)], videos, True),
+                processor, 2, "cpu")
+
+
+def test_every_turn_gets_its_episodes_group_advantage(grpo_turns):
+    two_turns = dataclasses.replace(grpo_turns[1], turn=2, reward=3.0)  # episode reward: mean 2.0
+    turns = grpo_turns + [two_turns]
+    adv = turn_advantages(turns, std_normalize=False)
+    assert adv == pytest.approx([-1.0, 1.0, -0.5, 0.5, 1.0])
+    assert turn_advantages(grpo_turns, std_normalize=True) == pytest.approx([-1, 1, -1, 1], abs=1e-5)
+
+
+def test_sft_examples_pair_matched_and_not_matched_turns(learner_cfg, sft_examples, corpus_rows):
+    queries, paths = corpus_rows
+    k = learner_cfg.learner.infonce_negatives
+    assert len(sft_examples) == 4
+    for q in queries[:2]:
+        mine = {e.answer: e for e in sft_examples if e.query_id == q["query_id"]}
+        matched, wrong = mine["matched"], mine["not_matched"]
+        assert matched.video_id == q["video_id"] != wrong.video_id
+        parsed = parse_response(matched.target)
+        assert parsed.well_formed and (parsed.start, parsed.end) == (q["start_s"], q["end_s"])
+        assert parse_response(wrong.target).well_formed and not parse_response(wrong.target).matched
+        # the wrongly shown top-1 is the best-ranked wrong video and the first negative
+        assert wrong.video_id == next(v for v in sorted(paths)[:5] if v != q["video_id"])
+        assert wrong.negatives.shape == (k, wrong.positive.shape[0])
+        cos = wrong.negatives @ wrong.positive
+        assert (cos < 0.999).all(), "the ground truth is never a negative"
+    few = {v: paths[v] for v in sorted(paths)[:3]}
+    with pytest.raises(ValueError, match="negatives"):
+        build_sft_examples(queries[:1], few | {queries[0]["video_id"]: "x"},
+                           {v: sft_examples[0].positive for v in paths}, {}, k, 0)
+
+
+def test_missing_or_incomplete_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match=str(tmp_path / "nowhere")):
+        resolve(tmp_path / "nowhere")
+    (tmp_path / "latest").write_text("step_00000003")
+    with pytest.raises(CheckpointError, match="step_00000003"):
+        resolve(tmp_path)
+
+
+def test_sft_gradient_reaches_the_refine_projector_only_through_infonce(
+        learner_cfg, model_dirs, processor, sft_examples):
+    from learner.batch import collate as collate_rows
+    from learner.module import PolicyWithHeads, set_trainable
+    from learner.sft import SFTLoss, normalisers, sft_rows
+    from learner.stats import Stats
+    from models.loading import load_policy
+    from models.tokenizer import SQR_SLOT_TOKEN
+    from retrieval_service.embedder import Embedder
+
+    cfg = learner_cfg
+    module = PolicyWithHeads(*load_policy(model_dirs[0]))
+    set_trainable(module, heads=True, vision=False)
+    embedder = Embedder(model_dirs[1], None, video=cfg.video)
+    slot = processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN)
+    examples = sorted(sft_examples[:3], key=lambda e: e.answer)  # both kinds, unequal lengths
+    rows = sft_rows(examples, processor, VideoInputs(processor, cfg.video), slot, cfg.sqr.num_tokens)
+    batch = collate_rows(rows, processor, 2, "cpu")
+
+    # the soft tokens are the heads applied to the final hidden states at the (padded) slots
+    with torch.no_grad():
+        _, soft = module(**batch.inputs)
+        hf = {k: v for k, v in batch.inputs.items() if k != "slot_index"}
+        hidden = module.policy(**hf, output_hidden_states=True).hidden_states[-1]
+        for i, r in enumerate(rows):
+            at = hidden[i, len(r.ids) - cfg.sqr.num_tokens:len(r.ids)]
+            torch.testing.assert_close(soft[i], module.heads.to_embedder(module.heads.soft_tokens(at)))
+
+    def head_grads(rows_):
+        module.zero_grad()
+        b = collate_rows(rows_, processor, 2, "cpu")
+        SFTLoss(cfg.learner, embedder)(module, b, (0, 0), normalisers(rows_), Stats()).backward()
+        return {n: p.grad for n, p in module.heads.named_parameters()}
+
+    grads = head_grads(rows)
+    assert all(g is not None and g.abs().sum() > 0 and g.isfinite().all() for g in grads.values())
+    assert not any(p.grad is not None for p in embedder.model.parameters())
+    assert module.policy.model.visual.patch_embed.proj.weight.grad is None
+    matched_only = [r for r in rows if r.nce_weight == 0]
+    assert all(g is None or not g.any() for g in head_grads(matched_only).values())

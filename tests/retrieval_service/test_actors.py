@@ -1,0 +1,93 @@
+"""Shard actors, the query encoder and the router on a Ray cluster, against local results."""
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from actors.retrieval import RouterClient, start_retrieval
+from retrieval_service.index import load_shard, merge_topk, read_manifest
+
+pytestmark = pytest.mark.slow
+TEXTS = ["a red circle moves left on a navy background", "a green triangle moves up on a gray background"]
+
+
+@pytest.fixture(scope="module")
+def router(ray_cluster, actor_cfg, synth_index):
+    return start_retrieval(actor_cfg, synth_index)
+
+
+@pytest.fixture(scope="module")
+def local(synth_index):
+    manifest = read_manifest(synth_index)
+    return [load_shard(synth_index, i) for i in range(manifest["num_shards"])]
+
+
+def local_search(shards, vecs, k):
+    return merge_topk([s.search(vecs, k) for s in shards], k)
+
+
+def test_search_equals_local_shards(router, local, synth_embeddings):
+    vecs = synth_embeddings[1][:7]
+    scores, ids = ray.get(router.search.remote(vecs, 5))
+    want_s, want_i = local_search(local, vecs, 5)
+    np.testing.assert_array_equal(ids, want_i)
+    np.testing.assert_array_equal(scores, want_s)
+    assert list(ids[:, 0]) == synth_embeddings[0][:7]
+
+
+def test_search_text_with_and_without_soft_tokens(router, local, embedder):
+    n, d = embedder.soft_shape
+    soft = np.random.default_rng(0).standard_normal((2, n, d)).astype(np.float32)
+    for s in (None, soft):
+        vecs, scores, ids = ray.get(router.search_text.remote(TEXTS, s, 4))
+        with torch.no_grad():
+            want = embedder.encode_queries(TEXTS, None if s is None else torch.from_numpy(s)).numpy()
+        np.testing.assert_allclose(vecs, want, atol=1e-5)
+        np.testing.assert_array_equal(ids, local_search(local, want, 4)[1])
+
+
+def test_score_and_hard_negatives(router, synth_embeddings):
+    ids, vectors = synth_embeddings
+    queries = vectors[:3] + 0.1
+    asked = [[ids[5], ids[0], ids[40]], [ids[1], ids[2], ids[3]], [ids[47], ids[46], ids[2]]]
+    got = ray.get(router.score.remote(queries, asked))
+    rows = {v: i for i, v in enumerate(ids)}
+    want = np.array([[queries[b] @ vectors[rows[v]] for v in row] for b, row in enumerate(asked)])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(KeyError, match="no_such_video"):
+        ray.get(router.score.remote(queries[:1], [["no_such_video", ids[0]]]))
+
+    negatives = ray.get(router.hard_negatives.remote(vectors[:3], ids[:3], 4))
+    _, top = ray.get(router.search.remote(vectors[:3], 5))
+    for pos, neg, row in zip(ids[:3], negatives, top.tolist(), strict=True):
+        assert len(neg) == 4 and pos not in neg and neg == [v for v in row if v != pos][:4]
+
+
+def pid_of(actor) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def test_killed_shard_comes_back_with_the_same_content(router, synth_embeddings):
+    vecs = synth_embeddings[1][10:20]
+    before = ray.get(router.search.remote(vecs, 6))
+    shard = ray.get(router.__ray_call__.remote(lambda self: self.shards[0]))
+    pid = pid_of(shard)
+    ray.kill(shard, no_restart=False)
+    after = ray.get(router.search.remote(vecs, 6))  # waits for the restart
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[0], before[0])
+    assert pid_of(shard) != pid
+    info = ray.get(router.ready.remote())
+    assert info["loaded_counts"] == info["shard_counts"]
+
+
+def test_router_client_for_the_agent_loop(router, synth_embeddings):
+    client = RouterClient(router)
+    result = asyncio.run(client.search(TEXTS[0], None, 3))
+    assert len(result.video_ids) == 3 and result.vector.shape == (synth_embeddings[1].shape[1],)
+    scores = asyncio.run(client.score(result.vector, result.video_ids))
+    np.testing.assert_allclose(scores, result.scores, atol=1e-6)

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+
+from models.tokenizer import SQR_SLOT_TOKEN
+
+TEXTS = ["a red circle moves left on a navy background", "a blue square", "x"]
+
+
+def manual_query(embedder, text: str, soft: torch.Tensor | None) -> torch.Tensor:
+    """One query, no padding: chat template, embedding lookup, slots overwritten one by one,
+    an inputs_embeds forward, the last token's hidden state, L2 norm."""
+    n = 0 if soft is None else soft.shape[0]
+    messages = [{"role": "system", "content": [{"type": "text", "text": embedder.instruction}]},
+                {"role": "user", "content": [{"type": "text", "text": text + SQR_SLOT_TOKEN * n}]}]
+    prompt = embedder.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = embedder.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    embeds = embedder.model.get_input_embeddings()(ids)
+    slots = (ids[0] == embedder.slot_id).nonzero().flatten().tolist()
+    assert len(slots) == n
+    if soft is not None:
+        projected = embedder.heads.to_embedder(soft)
+        rows = [embeds[0, i] for i in range(ids.shape[1])]
+        for j, pos in enumerate(slots):
+            rows[pos] = projected[j]
+        embeds = torch.stack(rows)[None]
+        assert slots == list(range(slots[0], slots[0] + n)), "slots sit together"
+    # Explicit positions: without input_ids the model would reuse the M-RoPE deltas cached
+    # by its last video forward.
+    positions = torch.arange(ids.shape[1])[None]
+    hidden = embedder.model(inputs_embeds=embeds, position_ids=positions).last_hidden_state[0, -1]
+    return torch.nn.functional.normalize(hidden, dim=-1)
+
+
+def test_model_is_frozen(embedder):
+    assert not any(p.requires_grad for p in embedder.model.parameters())
+    assert not any(p.requires_grad for p in embedder.heads.parameters())
+    assert not embedder.model.training
+
+
+def test_soft_token_path_equals_manual_inputs_embeds_forward(embedder):
+    n, d = embedder.soft_shape
+    soft = torch.randn(len(TEXTS), n, d, generator=torch.Generator().manual_seed(0))
+    batched = embedder.encode_queries(TEXTS, soft)
+    manual = torch.stack([manual_query(embedder, t, soft[i]) for i, t in enumerate(TEXTS)])
+    torch.testing.assert_close(batched, manual, atol=1e-5, rtol=0)
+    plain = torch.stack([manual_query(embedder, t, None) for t in TEXTS])
+    torch.testing.assert_close(embedder.encode_queries(TEXTS), plain, atol=1e-5, rtol=0)
+    assert (batched - plain).norm(dim=-1).min() > 1e-3, "the soft tokens change the query"
+
+
+def test_gradient_reaches_soft_tokens_and_a_trainable_projector(embedder):
+    n, d = embedder.soft_shape
+    soft = torch.randn(2, n, d, requires_grad=True)
+    target = torch.nn.functional.normalize(torch.randn(2, embedder.dim), dim=-1)
+    (embedder.encode_queries(TEXTS[:2], soft) * target).sum().backward()
+    assert soft.grad is not None and (soft.grad.abs().sum(-1) > 0).all()
+
+    projector = torch.nn.Linear(d, embedder.dim)  # the learner's trainable append projector
+    (embedder.encode_queries(TEXTS[:2], soft.detach(), projector=projector) * target).sum().backward()
+    assert projector.weight.grad is not None and projector.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in embedder.model.parameters())
+
+
+def test_queries_are_padding_invariant(embedder):
+    n, d = embedder.soft_shape
+    soft = torch.randn(len(TEXTS), n, d)
+    for s in (None, soft):
+        batched = embedder.encode_queries(TEXTS, s)
+        single = torch.cat([embedder.encode_queries([t], None if s is None else s[i:i + 1])
+                            for i, t in enumerate(TEXTS)])
+        torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+        torch.testing.assert_close(batched.norm(dim=-1), torch.ones(len(TEXTS)))
+
+
+def test_videos_are_padding_invariant(embedder, synth):
+    from corpus.video import decode_video
+
+    v = embedder.video
+    paths = sorted((synth.out_dir / "videos").glob("*.mp4"))[:3]
+    videos = [decode_video(p, v.fps, v.max_frames, v.max_pixels, v.min_pixels) for p in paths]
+    videos[1].frames, videos[1].timestamps = videos[1].frames[:5], videos[1].timestamps[:5]
+    batched = embedder.encode_videos(videos)
+    single = np.concatenate([embedder.encode_videos([x]) for x in videos])
+    assert batched.shape == (3, embedder.dim) and batched.dtype == np.float32
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1, atol=1e-6)
+
+
+def test_bad_inputs(embedder):
+    with pytest.raises(ValueError, match="may not contain"):
+        embedder.encode_queries([f"a {SQR_SLOT_TOKEN} b"])
+    with pytest.raises(ValueError, match="soft_tokens must be"):
+        embedder.encode_queries(TEXTS, torch.zeros(1, 8, 256))
+
+
+def test_query_vectors_do_not_depend_on_the_previous_video_forward(embedder, synth):
+    """The base model caches M-RoPE deltas per forward; queries must not pick them up."""
+    from corpus.video import decode_video
+
+    v = embedder.video
+    before = embedder.encode_queries(TEXTS)
+    paths = sorted((synth.out_dir / "videos").glob("*.mp4"))[:4]
+    embedder.encode_videos([decode_video(p, v.fps, v.max_frames, v.max_pixels) for p in paths])
+    torch.testing.assert_close(embedder.encode_queries(TEXTS), before, atol=1e-6, rtol=0)
