@@ -11,6 +11,7 @@ trajectory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -55,8 +56,10 @@ class WorkerPool:
         self.retried_episodes = 0
 
     async def sync(self, weights: Weights) -> list[float]:
-        """Send a new weight version to every worker (one object-store copy, E readers)."""
-        self.weights = weights
+        """Send new weights to every worker (one object-store copy, E readers). Versions are
+        the pool's own count of syncs, so SFT, GRPO and resumed runs never reuse one."""
+        previous = self.weights.version if self.weights else 0
+        self.weights = dataclasses.replace(weights, version=previous + 1)
         return await asyncio.gather(*[self._bring_up_to_date(i) for i in range(len(self.workers))])
 
     async def _bring_up_to_date(self, i: int) -> float:

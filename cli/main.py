@@ -104,12 +104,35 @@ def models_tiny(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
 
 
 @app.command()
-def train(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
-    """Run the training job (corpus -> models -> index -> SFT -> GRPO -> eval)."""
+def train(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
+          stages: str = typer.Option("all", help="all, or a comma list of index,sft,grpo,eval"),
+          resume: bool = typer.Option(False, "--resume",
+                                      help="continue a killed job from its last checkpoint")) -> None:
+    """Run the training job: corpus -> models -> index -> SFT -> GRPO -> eval.
+
+    Starts a local Ray cluster unless RAY_ADDRESS is set (as under `ray job submit`)."""
     from actors.driver import run
 
     cfg = _cfg(config, overrides)
-    summary = run(cfg)
+    summary = run(cfg, stages=stages, resume=resume)
+    console.print_json(json.dumps(summary))
+
+
+@app.command("eval")
+def evaluate(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Greedy multi-turn evaluation of the configured policy on train.eval_split."""
+    from actors.driver import run
+
+    summary = run(_cfg(config, overrides), stages="eval")
+    console.print_json(json.dumps(summary))
+
+
+@app.command()
+def index(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Embed the corpus videos (Ray Data, resumable) and write the FAISS shards."""
+    from actors.driver import run
+
+    summary = run(_cfg(config, overrides), stages="index")
     console.print_json(json.dumps(summary))
 
 

@@ -1,0 +1,290 @@
+"""The training job: the Ray job entrypoint that wires search engine, rollouts and learner.
+
+Stages: index -> sft -> grpo -> eval ("all" runs them in order). With no RAY_ADDRESS it
+starts a local Ray cluster (the embedded default); under `ray job submit` it joins the
+cluster it runs in. Every stage leaves its outputs under cfg.paths.workdir, and the job
+state (stage, step, data position) is checkpointed so `--resume` continues a killed job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+from tqdm import tqdm
+
+from actors.evaluate import evaluate
+from actors.job_state import JobState
+from actors.learner import LearnerGroup
+from actors.policy_worker import PolicyWorker
+from actors.retrieval import RouterClient, start_retrieval
+from actors.rollout_pool import Weights, WorkerPool
+from actors.train_metrics import TrainMetrics
+from config.schema import Config
+from corpus.tables import CorpusTables, load_corpus
+from learner.sft_data import build_sft_examples
+from models.loading import resolve_model_dirs
+from retrieval_service.indexing import build_index, read_embeddings
+from rollout.agent import Query
+
+STAGES = ("index", "sft", "grpo", "eval")
+
+
+@dataclass
+class Session:
+    cfg: Config
+    work: Path
+    corpus: CorpusTables
+    policy_dir: Path
+    embedder_dir: Path
+    index_dir: Path
+    router: object = None
+    pool: WorkerPool | None = None
+    metrics: TrainMetrics | None = None
+    results: dict = field(default_factory=dict)
+
+    @property
+    def retriever(self) -> RouterClient:
+        return RouterClient(self.router)
+
+
+def init_ray(cfg: Config) -> None:
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address="auto", log_to_driver=True)
+        return
+    # Logical CPUs: the tiny default's actors are mostly idle, 2 physical cores host them all.
+    cpus = max(8, os.cpu_count() or 1)
+    ray.init(num_cpus=cpus, include_dashboard=True, _metrics_export_port=None,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
+                                       "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gib)))}})
+
+
+def start_workers(s: Session) -> None:
+    res = s.cfg.resources
+    workers = [PolicyWorker.options(num_cpus=res.cpus_per_actor,
+                                    num_gpus=res.gpus_per_policy_worker).remote(
+                   s.cfg, str(s.policy_dir), f"policy-{i}")
+               for i in range(res.num_policy_workers)]
+    ray.get([w.ready.remote() for w in workers])
+    s.pool = WorkerPool(workers, s.cfg)
+
+
+def stage_index(s: Session) -> dict:
+    report = build_index(s.cfg, s.corpus.videos_path, s.index_dir)
+    print(report.summary())
+    return {"indexed": report.indexed, "failures": len(report.failures),
+            "videos_per_s": report.videos_per_s, "model_id": report.model_id}
+
+
+async def _topk(s: Session, queries: list[Query], k: int) -> dict[str, list[str]]:
+    hits = await asyncio.gather(*[s.retriever.search(q.text, None, k) for q in queries])
+    return {q.query_id: h.video_ids for q, h in zip(queries, hits, strict=True)}
+
+
+def stage_sft(s: Session, state: JobState) -> dict:
+    cfg = s.cfg
+    train = s.corpus.queries("train")
+    ids, vecs = read_embeddings(s.index_dir / "embeddings" / s.results["index"]["model_id"])
+    vectors = dict(zip(ids, vecs, strict=True))
+    topk = asyncio.run(_topk(s, train, cfg.retrieval.topk))
+    rows = [r for r in s.corpus.rows if r["split"] == "train"]
+    examples = build_sft_examples(rows, s.corpus.video_paths, vectors, topk,
+                                  cfg.learner.infonce_negatives, cfg.train.seed)
+    learner = LearnerGroup(cfg)
+    learner.build("sft", s.policy_dir, s.embedder_dir)
+    batch = max(1, cfg.learner.micro_batch_size * cfg.learner.grad_accum_steps)
+    history = []
+    for step in tqdm(range(cfg.train.sft_steps), desc="sft", unit="step"):
+        start = (step * batch) % len(examples)
+        chunk = (examples + examples)[start:start + batch]
+        metrics = learner.sft_step(chunk)
+        history.append(metrics)
+        s.metrics.learner_step(metrics, stage="sft", step=step)
+    export = s.work / "checkpoints" / "sft_export"
+    learner.export_hf(export)
+    _sync_all(s, learner.export_weights())
+    learner.shutdown()
+    state.update(stage="sft", sft_export=str(export))
+    return {"steps": len(history), "first": history[0] if history else {},
+            "last": history[-1] if history else {}, "export": str(export)}
+
+
+def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Query]:
+    """Queries position..position+size of an endless, epoch-wise shuffled stream: the
+    data position alone says where a resumed job continues."""
+    out = []
+    for p in range(position, position + size):
+        epoch, i = divmod(p, len(train))
+        order = np.random.default_rng([seed, epoch]).permutation(len(train))
+        out.append(train[order[i]])
+    return out
+
+
+def _reward_means(episodes) -> dict[str, float]:
+    from rollout.agent import episode_reward
+
+    parts = {"format": [], "verification": [], "retrieval": [], "grounding": [], "total": []}
+    for turns in episodes:
+        parts["format"].append(np.mean([t.reward_format for t in turns]))
+        parts["verification"].append(np.mean([t.reward_verification for t in turns]))
+        parts["retrieval"].append(np.mean([t.reward_retrieval for t in turns]))
+        parts["grounding"].append(np.mean([t.reward_grounding for t in turns]))
+        parts["total"].append(episode_reward(turns))
+    return {k: float(np.mean(v)) for k, v in parts.items()}
+
+
+class _Stop:
+    """SIGTERM (ray job stop, preemption) asks the loop to checkpoint and leave."""
+
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+
+
+def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
+    cfg = s.cfg
+    train = s.corpus.queries("train")
+    start_dir = state.get("sft_export") or str(s.policy_dir)
+    learner = LearnerGroup(cfg)
+    learner.build("grpo", start_dir)
+    step = 0
+    ckpt = state.get("grpo_checkpoint")
+    if resume and ckpt:
+        driver_state = learner.load(ckpt)
+        step = int(driver_state["step"])
+        print(f"resumed GRPO from {ckpt} at step {step}")
+    asyncio.run(s.pool.sync(learner.export_weights()))
+    G, P = cfg.rollout.group_size, cfg.train.queries_per_step
+    ckpt_dir = s.work / "checkpoints" / "grpo"
+    bar = tqdm(total=cfg.train.grpo_steps, initial=step, desc="grpo", unit="step")
+    while step < cfg.train.grpo_steps and not _Stop.requested:
+        started = time.perf_counter()
+        queries = _batch(train, step * P, P, cfg.train.seed)
+        groups = asyncio.run(s.pool.groups(queries, G, s.retriever, s.corpus.video_path,
+                                           seed=cfg.train.seed * 7919 + step))
+        episodes = [turns for group in groups for turns in group]
+        rollout_s = time.perf_counter() - started
+        rewards = _reward_means(episodes)
+        metrics = learner.grpo_step([t for turns in episodes for t in turns])
+        sync_started = time.perf_counter()
+        asyncio.run(s.pool.sync(learner.export_weights()))
+        metrics |= {f"reward_{k}": v for k, v in rewards.items()}
+        metrics |= {"rollout_seconds": rollout_s, "sync_seconds": time.perf_counter() - sync_started,
+                    "turns_per_episode": float(np.mean([len(e) for e in episodes]))}
+        s.metrics.rewards(rewards, step)
+        s.metrics.learner_step(metrics, stage="grpo", step=step)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(reward=f"{rewards['total']:.3f}")
+        if step % cfg.learner.checkpoint_every == 0 or step == cfg.train.grpo_steps or _Stop.requested:
+            path = learner.save(ckpt_dir, {"step": step, "data_position": step * P})
+            state.update(grpo_checkpoint=path, grpo_step=step)
+    bar.close()
+    export = s.work / "checkpoints" / "grpo_export"
+    learner.export_hf(export)
+    learner.shutdown()
+    history = [h for h in s.metrics.history if h["stage"] == "grpo"]
+    return {"steps": step, "export": str(export), "stopped": _Stop.requested,
+            "first_reward": history[0]["reward_total"] if history else None,
+            "last_reward": history[-1]["reward_total"] if history else None}
+
+
+def _prepare(cfg: Config) -> Session:
+    from config.schema import CorpusSource
+    from corpus.synth import generate_corpus
+
+    work = Path(cfg.paths.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    if cfg.corpus.source is CorpusSource.synth:
+        synth = generate_corpus(cfg.corpus.synth, work / "corpus", progress=True)
+        corpus = load_corpus(synth.videos_path, synth.queries_path)
+    else:
+        corpus = load_corpus(Path(cfg.corpus.video_dir) / "videos.parquet",
+                             Path(cfg.corpus.video_dir) / "queries.parquet")
+    policy_dir, embedder_dir = resolve_model_dirs(cfg)
+    return Session(cfg, work, corpus, policy_dir, embedder_dir, work / "index")
+
+
+def run(cfg: Config, stages: str = "all", resume: bool = False) -> dict:
+    """Run the requested stages ("all" or a comma list of index,sft,grpo,eval)."""
+    wanted = STAGES if stages == "all" else tuple(stages.split(","))
+    unknown = set(wanted) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES} or 'all'")
+    _Stop.install()
+    started = time.perf_counter()
+    s = _prepare(cfg)
+    state = JobState(s.work / "job_state.json", fresh=not resume)
+    init_ray(cfg)
+    s.metrics = TrainMetrics(s.work / "tensorboard")
+    s.results["index"] = stage_index(s)
+    s.router = start_retrieval(cfg, s.index_dir)
+    start_workers(s)
+    evals: dict[str, dict] = {}
+    if "eval" in wanted:
+        evals["untrained"] = evaluate(s, cfg.train.eval_split, "untrained")
+    if "sft" in wanted and not (resume and state.done("sft")):
+        s.results["sft"] = stage_sft(s, state)
+        state.mark_done("sft", s.results["sft"])
+    elif state.get("sft_export"):  # resumed after SFT: the workers start from its export
+        _sync_all(s, _weights_from_export(Path(state.get("sft_export"))))
+    if state.get("sft_export"):
+        if "eval" in wanted:
+            evals["sft"] = evaluate(s, cfg.train.eval_split, "sft")
+    if "grpo" in wanted:
+        s.results["grpo"] = stage_grpo(s, state, resume)
+        state.mark_done("grpo", s.results["grpo"])
+        if "eval" in wanted:
+            evals["grpo"] = evaluate(s, cfg.train.eval_split, "grpo")
+    return _report(s, evals, time.perf_counter() - started)
+
+
+def _sync_all(s: Session, weights: Weights) -> None:
+    """Workers take the model and heads; the query encoder takes the heads (its append
+    projector turns soft tokens into embedder inputs)."""
+    asyncio.run(s.pool.sync(weights))
+    if weights.heads_ref is not None:
+        ray.get(s.router.load_heads.remote(weights.heads_ref))
+
+
+def _weights_from_export(export: Path) -> Weights:
+    from safetensors.torch import load_file
+
+    from models.sqr_heads import SUBDIR, WEIGHTS_FILE
+
+    model = {}
+    for part in sorted(export.glob("*.safetensors")):
+        model |= load_file(part)
+    if not model:
+        raise FileNotFoundError(f"no *.safetensors in the export {export}")
+    heads = load_file(export / SUBDIR / WEIGHTS_FILE)
+    return Weights(version=0, model_ref=ray.put(model), heads_ref=ray.put(heads))
+
+
+def _report(s: Session, evals: dict, seconds: float) -> dict:
+    from evaluation.report import comparison_table, plot
+
+    s.metrics.close()
+    out = s.work / "results"
+    out.mkdir(exist_ok=True)
+    summary = {"seconds": round(seconds, 1), "stages": s.results, "eval": evals,
+               "retried_episodes": s.pool.retried_episodes if s.pool else 0,
+               "plot": str(plot(s.metrics.history, evals, out / "training.png"))}
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "history.json").write_text(json.dumps(s.metrics.history, indent=2, default=float))
+    if evals:
+        print(comparison_table(evals))
+    print(f"results -> {out}")
+    return {"seconds": summary["seconds"], "results": str(out / "results.json")}

@@ -1,0 +1,31 @@
+"""Greedy multi-turn evaluation on a split, over the policy workers and the router."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from evaluation.metrics import compute_metrics
+from evaluation.predictions import predictions_table
+from evaluation.tvr import write_tvr_submission
+
+
+def evaluate(session, split: str, tag: str) -> dict:
+    """One greedy episode per query; writes predictions (Parquet), the TVRetrieval
+    submission JSON and metrics JSON under <workdir>/eval/<tag>/."""
+    queries = session.corpus.queries(split)
+    if not queries:
+        raise ValueError(f"no queries in split {split!r}")
+    episodes = asyncio.run(session.pool.groups(queries, 1, session.retriever,
+                                               session.corpus.video_path, seed=0, greedy=True))
+    table = predictions_table([group[0] for group in episodes])
+    out = Path(session.work) / "eval" / tag
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out / "predictions.parquet")
+    write_tvr_submission(table, out / "tvr_submission.json", sorted(session.corpus.video_paths))
+    metrics = compute_metrics(table)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

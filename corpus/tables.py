@@ -1,0 +1,39 @@
+"""A corpus on disk (videos.parquet + queries.parquet) as the job uses it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from corpus.schema import read_queries, read_videos
+from rollout.agent import Query
+
+
+@dataclass
+class CorpusTables:
+    videos_path: Path
+    queries_path: Path
+    video_paths: dict[str, str]  # video_id -> absolute path
+    rows: list[dict]  # the query table
+
+    def queries(self, split: str) -> list[Query]:
+        return [Query(r["query_id"], r["text"], r["video_id"], r["start_s"], r["end_s"])
+                for r in self.rows if r["split"] == split]
+
+    def video_path(self, video_id: str) -> str:
+        return self.video_paths[video_id]
+
+
+def load_corpus(videos_path: str | Path, queries_path: str | Path) -> CorpusTables:
+    """Relative video paths are resolved against the folder of videos.parquet; queries whose
+    video is not in the videos table are an error naming them."""
+    videos_path, queries_path = Path(videos_path), Path(queries_path)
+    base = videos_path.parent
+    paths = {r["video_id"]: str((base / r["path"]).resolve())
+             for r in read_videos(videos_path).to_pylist()}
+    rows = read_queries(queries_path).to_pylist()
+    missing = sorted({r["video_id"] for r in rows} - set(paths))
+    if missing:
+        raise ValueError(f"{queries_path}: {len(missing)} queries name videos missing from "
+                         f"{videos_path}: {missing[:5]}")
+    return CorpusTables(videos_path, queries_path, paths, rows)

@@ -1,0 +1,48 @@
+"""The job's closing report: a before/after table and a PNG of rewards over steps and
+metrics per turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLUMNS = ("R1@0.3", "R1@0.5", "R1@0.7", "VER", "VR")
+
+
+def comparison_table(evals: dict[str, dict]) -> str:
+    """evals: tag -> compute_metrics output. Final metrics plus single-shot (turn-1) VR."""
+    head = f"{'model':<14}" + "".join(f"{c:>9}" for c in COLUMNS) + f"{'VR@turn1':>10}{'n':>5}"
+    lines = [head, "-" * len(head)]
+    for tag, m in evals.items():
+        final = m["final"]
+        turn1 = m["per_turn"].get(1, m["per_turn"].get("1", {})).get("VR", 0.0)
+        lines.append(f"{tag:<14}" + "".join(f"{final[c]:>9.1f}" for c in COLUMNS)
+                     + f"{turn1:>10.1f}{final['num_queries']:>5}")
+    return "\n".join(lines)
+
+
+def plot(history: list[dict], evals: dict[str, dict], path: Path) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    grpo = [h for h in history if h.get("stage") == "grpo" and "reward_total" in h]
+    if grpo:
+        steps = [h["step"] for h in grpo]
+        for key in ("reward_total", "reward_verification", "reward_grounding", "reward_retrieval",
+                    "reward_format"):
+            left.plot(steps, [h.get(key, 0.0) for h in grpo], label=key.removeprefix("reward_"))
+        left.legend(fontsize=8)
+    left.set(title="GRPO rewards per step", xlabel="step", ylabel="mean reward")
+    width = 0.8 / max(1, len(evals))
+    for i, (tag, m) in enumerate(evals.items()):
+        turns = sorted(int(t) for t in m["per_turn"])
+        vr = [m["per_turn"].get(t, m["per_turn"].get(str(t), {})).get("VR", 0.0) for t in turns]
+        right.bar([t + i * width for t in turns], vr, width, label=tag)
+    right.set(title="VR R@1 per turn (eval)", xlabel="turn", ylabel="%")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
