@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine(model_dirs):
+    from models.loading import load_processor
     from models.tokenizer import SQR_SLOT_TOKEN
     from rollout.engine import EngineOptions, PolicyEngine
-    from models.loading import load_processor
 
     processor = load_processor(model_dirs[0])
     eng = PolicyEngine(EngineOptions(model_dir=str(model_dirs[0]), max_model_len=2048),

@@ -1,0 +1,122 @@
+"""The agent loop against the real tiny policy on vLLM and a real FAISS index over the
+synthetic corpus (in-process; the Ray actors are thin wrappers of the same objects)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from config.schema import IndexType, RetrievalConfig
+from rollout.agent import SearchResult, run_episode
+
+pytestmark = pytest.mark.slow
+
+
+class LocalRetriever:
+    """RetrieverClient over an Embedder and one exact FAISS shard."""
+
+    def __init__(self, embedder, shard):
+        self.embedder, self.shard = embedder, shard
+        self.searches: list[bool] = []  # soft tokens given?
+
+    async def search(self, text, soft_tokens, k):
+        soft = None if soft_tokens is None else torch.from_numpy(np.asarray(soft_tokens))[None]
+        with torch.no_grad():
+            vec = self.embedder.encode_queries([text], soft).numpy()
+        scores, ids = self.shard.search(vec, k)
+        self.searches.append(soft_tokens is not None)
+        return SearchResult(vec[0], ids[0].tolist(), scores[0].tolist())
+
+    async def score(self, vector, video_ids):
+        return self.shard.score(np.asarray(vector)[None], [video_ids])[0].tolist()
+
+
+@pytest.fixture(scope="module")
+def world(cfg, model_dirs, synth):
+    from corpus.tables import load_corpus
+    from corpus.video import decode_video
+    from retrieval_service.embedder import Embedder
+    from retrieval_service.index import Shard
+    from rollout.policy import LocalPolicy
+
+    corpus = load_corpus(synth.videos_path, synth.queries_path)
+    embedder = Embedder(model_dirs[1], model_dirs[0], "float32", cfg.model.embed_instruction, cfg.video)
+    ids = sorted(corpus.video_paths)
+    v = cfg.video
+    vecs = np.concatenate([
+        embedder.encode_videos([decode_video(corpus.video_path(i), v.fps, v.max_frames, v.max_pixels,
+                                             v.min_pixels)]) for i in ids])
+    shard = Shard.build(vecs, ids, RetrievalConfig(index_type=IndexType.flat))
+    policy = LocalPolicy(cfg, str(model_dirs[0]))
+    yield corpus, LocalRetriever(embedder, shard), policy
+    policy.shutdown()
+
+
+def test_wrong_top1_leads_to_soft_tokens_refined_search_and_a_second_turn(cfg, world):
+    corpus, retriever, policy = world
+    two_turns = replace(cfg, rollout=replace(cfg.rollout, max_turns=2))
+    # A test query whose unrefined top-1 is wrong.
+    for q in corpus.queries("test"):
+        first = asyncio.run(retriever.search(q.text, None, 10))
+        if first.video_ids[0] != q.video_id:
+            break
+    else:
+        pytest.fail("the untrained embedder got every test query right")
+    retriever.searches.clear()
+    turns = asyncio.run(run_episode(q, 0, policy, retriever, corpus.video_path, two_turns, seed=1))
+    assert turns[0].video_id == first.video_ids[0] != q.video_id
+    if turns[0].answer == "matched":  # possible for a random policy, if unlikely
+        pytest.fail(f"random policy answered matched: {turns[0].response_text!r}")
+    assert len(turns) == 2 and [t.turn for t in turns] == [1, 2]
+    assert retriever.searches == [False, True]  # the second search used soft tokens
+    soft = np.asarray(turns[0].soft_tokens)
+    assert soft.shape == (cfg.sqr.num_tokens, policy.heads.cfg.soft_dim) and np.isfinite(soft).all()
+    assert len(turns[0].refined_scores) == 1 + cfg.learner.infonce_negatives
+    assert 0.0 < turns[0].reward_retrieval <= 1.0
+    for t in turns:
+        assert t.loss_mask == [0] * len(t.prompt_ids) + [1] * len(t.response_ids)
+        assert len(t.sampling_logprobs) == len(t.response_ids) > 0
+        assert t.episode_id == f"{q.query_id}#0"
+    assert [t.is_final for t in turns] == [False, True]
+    assert turns[1].soft_tokens == []  # the final turn does not refine
+
+
+def test_trajectory_records_round_trip_through_arrow(cfg, world):
+    from rollout.trajectory import table_to_turns, turns_to_table
+
+    corpus, retriever, policy = world
+    q = corpus.queries("test")[0]
+    turns = asyncio.run(run_episode(q, 3, policy, retriever, corpus.video_path, cfg, seed=5))
+    back = table_to_turns(turns_to_table(turns))
+    assert [t.response_ids for t in back] == [t.response_ids for t in turns]
+    assert [t.loss_mask for t in back] == [t.loss_mask for t in turns]
+    np.testing.assert_allclose(np.asarray(back[0].soft_tokens, np.float32).ravel(),
+                               np.asarray(turns[0].soft_tokens, np.float32).ravel())
+
+
+def test_many_episodes_in_flight_do_not_lock_step(cfg, world):
+    """Episodes of different lengths run concurrently on one engine: the total time is far
+    below the sum of episode times."""
+    import time
+
+    corpus, retriever, policy = world
+    queries = corpus.queries("test")[:4]
+
+    async def timed(q, g):
+        start = time.perf_counter()
+        turns = await run_episode(q, g, policy, retriever, corpus.video_path, cfg, seed=g)
+        return time.perf_counter() - start, turns
+
+    async def all_of_them():
+        return await asyncio.gather(*[timed(q, g) for q in queries for g in range(2)])
+
+    start = time.perf_counter()
+    results = asyncio.run(all_of_them())
+    wall = time.perf_counter() - start
+    assert len(results) == 8 and all(turns[-1].is_final for _, turns in results)
+    assert wall < 0.6 * sum(seconds for seconds, _ in results)
+
