@@ -62,7 +62,7 @@ def init_ray(cfg: Config) -> None:
         return
     # Logical CPUs: the tiny default's actors are mostly idle, 2 physical cores host them all.
     cpus = max(8, os.cpu_count() or 1)
-    ray.init(num_cpus=cpus, include_dashboard=True, _metrics_export_port=None,
+    ray.init(address="local", num_cpus=cpus, include_dashboard=True,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
                                        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gib)))}})
 
@@ -100,7 +100,8 @@ def stage_sft(s: Session, state: JobState) -> dict:
                                   cfg.learner.infonce_negatives, cfg.train.seed)
     learner = LearnerGroup(cfg)
     learner.build("sft", s.policy_dir, s.embedder_dir)
-    batch = max(1, cfg.learner.micro_batch_size * cfg.learner.grad_accum_steps)
+    batch = (cfg.learner.micro_batch_size * cfg.learner.grad_accum_steps
+             * cfg.resources.num_learner_ranks)
     history = []
     for step in tqdm(range(cfg.train.sft_steps), desc="sft", unit="step"):
         start = (step * batch) % len(examples)
@@ -217,6 +218,18 @@ def _prepare(cfg: Config) -> Session:
     return Session(cfg, work, corpus, policy_dir, embedder_dir, work / "index")
 
 
+def open_session(cfg: Config, with_workers: bool = True) -> Session:
+    """Corpus, models, Ray, the index and its router, and the policy workers."""
+    s = _prepare(cfg)
+    init_ray(cfg)
+    s.metrics = TrainMetrics(s.work / "tensorboard")
+    s.results["index"] = stage_index(s)
+    s.router = start_retrieval(cfg, s.index_dir)
+    if with_workers:
+        start_workers(s)
+    return s
+
+
 def run(cfg: Config, stages: str = "all", resume: bool = False) -> dict:
     """Run the requested stages ("all" or a comma list of index,sft,grpo,eval)."""
     wanted = STAGES if stages == "all" else tuple(stages.split(","))
@@ -225,29 +238,30 @@ def run(cfg: Config, stages: str = "all", resume: bool = False) -> dict:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES} or 'all'")
     _Stop.install()
     started = time.perf_counter()
-    s = _prepare(cfg)
+    s = open_session(cfg, with_workers=wanted != ("index",))
     state = JobState(s.work / "job_state.json", fresh=not resume)
-    init_ray(cfg)
-    s.metrics = TrainMetrics(s.work / "tensorboard")
-    s.results["index"] = stage_index(s)
-    s.router = start_retrieval(cfg, s.index_dir)
-    start_workers(s)
     evals: dict[str, dict] = {}
-    if "eval" in wanted:
-        evals["untrained"] = evaluate(s, cfg.train.eval_split, "untrained")
+    do_eval = "eval" in wanted
     if "sft" in wanted and not (resume and state.done("sft")):
+        if do_eval:
+            evals["untrained"] = evaluate(s, cfg.train.eval_split, "untrained")
         s.results["sft"] = stage_sft(s, state)
         state.mark_done("sft", s.results["sft"])
-    elif state.get("sft_export"):  # resumed after SFT: the workers start from its export
-        _sync_all(s, _weights_from_export(Path(state.get("sft_export"))))
-    if state.get("sft_export"):
-        if "eval" in wanted:
+        if do_eval:
             evals["sft"] = evaluate(s, cfg.train.eval_split, "sft")
+    else:  # start from what an earlier run of this workdir trained, if anything
+        latest = state.get("sft_export") if "grpo" in wanted else (
+            state.get("grpo_export") or state.get("sft_export"))
+        if latest and s.pool:
+            _sync_all(s, _weights_from_export(Path(latest)))
     if "grpo" in wanted:
         s.results["grpo"] = stage_grpo(s, state, resume)
         state.mark_done("grpo", s.results["grpo"])
-        if "eval" in wanted:
+        state.update(grpo_export=s.results["grpo"]["export"])
+        if do_eval:
             evals["grpo"] = evaluate(s, cfg.train.eval_split, "grpo")
+    if do_eval and not evals:
+        evals["latest"] = evaluate(s, cfg.train.eval_split, "latest")
     return _report(s, evals, time.perf_counter() - started)
 
 

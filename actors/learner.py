@@ -27,6 +27,8 @@ from actors.rollout_pool import Weights
 from config.schema import Config
 from models.loading import resolve_model_dirs
 
+PLACEMENT_TIMEOUT_S = 600  # an autoscaling cluster may need minutes to add nodes
+
 
 @ray.remote
 class LearnerRank:
@@ -93,8 +95,10 @@ class LearnerRank:
 class PolicyWorkersClient:
     """vLLM's weight-sync client protocol over PolicyWorker handles (GPU path). Each worker hosts
     its own engine, so each gets its own NCCL rank offset (vLLM's Ray client would give every
-    engine offset 1). The workers must expose these five methods and forward them to their
-    engine's workers (`collective_rpc`)."""
+    engine offset 1). Contract on the worker side (engine started with
+    `weight_transfer_config=WeightTransferConfig(backend="nccl")`): each of the five methods
+    below forwards its dict argument as `engine.collective_rpc(<same name>, args=(arg,))`
+    (no argument for start/shutdown; finish also records the new version)."""
 
     def __init__(self, workers: list, tp: int):
         self.workers, self.tp = list(workers), tp
@@ -125,7 +129,13 @@ class LearnerGroup:
         if res.gpus_per_learner_rank:
             bundle["GPU"] = res.gpus_per_learner_rank
         self.pg = placement_group([bundle] * self.world, strategy="PACK")
-        ray.get(self.pg.ready())
+        try:
+            ray.get(self.pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.pg)
+            raise RuntimeError(f"cannot place {self.world} learner ranks of {bundle} within "
+                               f"{PLACEMENT_TIMEOUT_S} s; cluster has {ray.cluster_resources()}"
+                               ) from None
         self.ranks = [
             LearnerRank.options(
                 num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_learner_rank,

@@ -63,6 +63,24 @@ class PolicyWorker:
         self._sync.set(seconds)
         return seconds
 
+    # ---- GPU weight sync (actors.learner.PolicyWorkersClient drives these) -----------
+    async def init_weight_transfer_engine(self, init_info: dict) -> None:
+        await self.policy.engine.rpc("init_weight_transfer_engine", init_info)
+
+    async def start_weight_update(self) -> None:
+        await self.policy.engine.rpc("start_weight_update")
+
+    async def update_weights(self, update_info: dict) -> None:
+        await self.policy.engine.rpc("update_weights", update_info)
+
+    async def finish_weight_update(self, weight_version: str | None = None) -> None:
+        await self.policy.engine.rpc("finish_weight_update")
+        if weight_version is not None:
+            self.policy.weight_version = int(weight_version)
+
+    async def shutdown_weight_transfer_engine(self) -> None:
+        await self.policy.engine.rpc("shutdown_weight_transfer_engine")
+
     def stats(self) -> dict:
         return {"worker": self.name, "generated_tokens": self.policy.engine.generated_tokens,
                 "weight_version": self.policy.weight_version}

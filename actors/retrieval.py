@@ -1,17 +1,21 @@
 """The video search engine on Ray: S index shard actors, a query encoder, a router.
 
 Shards load their shard from disk in __init__, so `max_restarts` brings a killed shard back
-with the same content, and read-only calls are retried across the restart. The router is
-an async actor: many rollout episodes and Serve requests are in flight at once while the
-shards search in parallel.
+with the same content, and read-only calls are retried across the restart. The router
+creates (owns) the shards and the encoder from plain specs, so that its own restart needs
+nothing from the object store. The router is
+an async actor: many rollout episodes and Serve requests are in flight at once, their
+concurrent text searches are coalesced into batches, and the shards search in parallel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 import ray
 import torch
@@ -19,6 +23,8 @@ from ray.util.metrics import Histogram
 
 from config.schema import Config
 from models.loading import resolve_model_dirs
+from models.tokenizer import SQR_SLOT_TOKEN
+from retrieval_service.coalesce import Coalescer
 from retrieval_service.embedder import Embedder, model_id
 from retrieval_service.index import load_shard, merge_topk, read_manifest
 from rollout.agent import SearchResult
@@ -31,8 +37,9 @@ class IndexShardActor:
     def __init__(self, index_dir: str, shard: int, use_gpu: bool):
         self.shard = load_shard(index_dir, shard, use_gpu=use_gpu)
 
-    def size(self) -> int:
-        return len(self.shard)
+    def info(self) -> dict:
+        return {"videos": len(self.shard), "omp_threads": faiss.omp_get_max_threads(),
+                "on_gpu": self.shard.index is not self.shard.cpu_index}
 
     def search(self, vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.shard.search(vecs, k)
@@ -41,35 +48,86 @@ class IndexShardActor:
         return self.shard.score(vecs, video_ids)
 
 
+class StaleHeadsError(RuntimeError):
+    """The encoder's SQR heads are not the router's latest (it restarted since the last sync)."""
+
+
 @ray.remote(max_restarts=-1, max_task_retries=3)
 class QueryEncoderActor:
-    """The frozen embedder serving (text, soft tokens) -> query vectors, without gradients."""
+    """The frozen embedder serving (text, soft tokens) -> query vectors, without gradients.
+
+    SQR heads start from the policy directory (version 0) and are replaced by the learner's;
+    soft-token queries name the heads version they expect, so that a restarted encoder,
+    back on version 0, refuses them instead of answering with stale heads.
+    """
 
     def __init__(self, embedder_dir: str, policy_dir: str | None, dtype: str, instruction: str):
         self.embedder = Embedder(embedder_dir, policy_dir, dtype, instruction)
+        self.heads_version = 0
 
     def soft_shape(self) -> tuple[int, int] | None:
         return self.embedder.soft_shape
 
+    def load_heads(self, state: dict, version: int) -> None:
+        self.embedder.load_heads(state)
+        self.heads_version = version
+
     @torch.inference_mode()
-    def encode(self, texts: list[str], soft_tokens: np.ndarray | None = None) -> np.ndarray:
+    def encode(self, texts: list[str], soft_tokens: np.ndarray | None = None,
+               heads_version: int = 0) -> np.ndarray:
+        if soft_tokens is not None and heads_version != self.heads_version:
+            raise StaleHeadsError(f"encoder has heads v{self.heads_version}, query wants v{heads_version}")
         soft = None if soft_tokens is None else torch.as_tensor(soft_tokens, dtype=torch.float32)
         return self.embedder.encode_queries(texts, soft).cpu().numpy()
 
 
+@dataclass
+class ShardSpec:
+    index_dir: str
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    use_gpu: bool = False  # search on the shard's GPU (faiss-gpu), when it is given one
+
+
+@dataclass
+class EncoderSpec:
+    embedder_dir: str
+    policy_dir: str | None
+    dtype: str = "float32"
+    instruction: str = "Represent the user's input."
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
 class RetrievalRouter:
-    def __init__(self, shards: list, encoder, manifest: dict):
-        self.shards, self.encoder, self.manifest = shards, encoder, manifest
+    """Owns its shards and encoder: they restart on their own, and die with the router.
+
+    The learner's SQR heads live in the router (and are re-sent to a restarted encoder);
+    a restarted router has lost them and refuses soft-token queries until they are loaded.
+    """
+
+    def __init__(self, shards: ShardSpec, encoder: EncoderSpec | None):
+        self.manifest = read_manifest(shards.index_dir)
+        self.shards = [
+            IndexShardActor.options(num_cpus=shards.num_cpus, num_gpus=shards.num_gpus)
+            .remote(shards.index_dir, i, shards.use_gpu and shards.num_gpus > 0)
+            for i in range(self.manifest["num_shards"])]
+        self.encoder = None if encoder is None else QueryEncoderActor.options(
+            num_cpus=encoder.num_cpus, num_gpus=encoder.num_gpus).remote(
+            encoder.embedder_dir, encoder.policy_dir, encoder.dtype, encoder.instruction)
+        self.heads_version, self.heads_ref = 0, None
+        self.heads_lost = ray.get_runtime_context().was_current_actor_reconstructed
+        self._coalesced = Coalescer(self._search_text_batch)
         self.latency = Histogram("retrieval_seconds", "Retrieval call latency (router side).",
                                  boundaries=LATENCY_BOUNDARIES, tag_keys=("method",))
 
     async def ready(self) -> dict:
-        """Waits for every shard (and the encoder) to be up; returns the index manifest."""
-        sizes = await asyncio.gather(*[s.size.remote() for s in self.shards])
+        """Waits for every shard (and the encoder) to be up: the manifest plus shard infos."""
+        infos = await asyncio.gather(*[s.info.remote() for s in self.shards])
         if self.encoder is not None:
             await self.encoder.soft_shape.remote()
-        return self.manifest | {"loaded_counts": list(sizes)}
+        return self.manifest | {"shards": list(infos)}
 
     async def soft_shape(self) -> tuple[int, int] | None:
         return None if self.encoder is None else await self.encoder.soft_shape.remote()
@@ -92,19 +150,58 @@ class RetrievalRouter:
         self._observe("search", start)
         return out
 
+    async def load_heads(self, state: dict) -> int:
+        """The learner's SQR heads (state dict) for the encoder; returns their version."""
+        self.heads_ref = ray.put(state)  # owned here, so it outlives the caller's copy
+        self.heads_version, self.heads_lost = self.heads_version + 1, False
+        await self.encoder.load_heads.remote(self.heads_ref, self.heads_version)
+        return self.heads_version
+
     async def encode(self, texts: list[str], soft_tokens: np.ndarray | None = None) -> np.ndarray:
         if self.encoder is None:
             raise RuntimeError("this router has no query encoder")
-        return await self.encoder.encode.remote(texts, soft_tokens)
+        if soft_tokens is not None and self.heads_lost:
+            raise RuntimeError("the router restarted and lost the SQR heads: call load_heads")
+        try:
+            return await self.encoder.encode.remote(texts, soft_tokens, self.heads_version)
+        except StaleHeadsError:  # the encoder restarted: give it the heads again, retry once
+            await self.encoder.load_heads.remote(self.heads_ref, self.heads_version)
+            return await self.encoder.encode.remote(texts, soft_tokens, self.heads_version)
 
     async def search_text(self, texts: list[str], soft_tokens: np.ndarray | None,
                           k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(query vectors, scores, ids): the vectors are what InfoNCE later scores."""
+        """(query vectors, scores, ids): the vectors are what InfoNCE later scores.
+
+        Concurrent calls (one per episode in the agent loop) are served as one batch, so
+        checked here first: a bad call must not fail the others of its batch.
+        """
         start = time.perf_counter()
-        vecs = await self.encode(texts, soft_tokens)
-        scores, ids = await self.search(vecs, k)
+        texts = list(texts)
+        if any(not isinstance(t, str) or SQR_SLOT_TOKEN in t for t in texts) or k < 1:
+            raise ValueError(f"texts must be strings without {SQR_SLOT_TOKEN}, k >= 1")
+        if soft_tokens is not None:
+            soft_tokens = np.asarray(soft_tokens, np.float32)
+            if soft_tokens.ndim != 3 or len(soft_tokens) != len(texts):
+                raise ValueError(f"soft_tokens must be [{len(texts)}, N, D], got {soft_tokens.shape}")
+        out = await self._coalesced((texts, soft_tokens, k))
         self._observe("search_text", start)
-        return vecs, scores, ids
+        return out
+
+    async def _search_text_batch(self, calls: list[tuple]) -> list[tuple]:
+        """One encode per soft-token shape, one fan-out with the largest k, cut per call."""
+        texts = [t for ts, _, _ in calls for t in ts]
+        ends = np.cumsum([len(ts) for ts, _, _ in calls])
+        starts = ends - [len(ts) for ts, _, _ in calls]
+        vecs = np.zeros((len(texts), self.manifest["dim"]), np.float32)
+        kinds = [None if s is None else s.shape[1:] for _, s, _ in calls]
+        for shape in set(kinds):
+            group = [i for i, kind in enumerate(kinds) if kind == shape]
+            rows = np.concatenate([np.arange(starts[i], ends[i]) for i in group])
+            soft = None if shape is None else np.concatenate([calls[i][1] for i in group])
+            vecs[rows] = await self.encode([texts[r] for r in rows], soft)
+        scores, ids = await self.search(vecs, max(k for _, _, k in calls))
+        return [(vecs[a:b], scores[a:b, :k], ids[a:b, :k])
+                for (_, _, k), a, b in zip(calls, starts, ends, strict=True)]
 
     async def score(self, vecs, video_ids: list[list[str]]) -> np.ndarray:
         """[B, K] similarities of each query with its K given videos (for InfoNCE)."""
@@ -131,16 +228,8 @@ class RetrievalRouter:
         return out
 
 
-def start_shards(index_dir: str | Path, num_cpus: float, num_gpus: float = 0.0,
-                 use_gpu: bool = False) -> list:
-    """One actor per shard of a built index; a shard uses its GPU only if it was given one."""
-    manifest = read_manifest(index_dir)
-    return [IndexShardActor.options(num_cpus=num_cpus, num_gpus=num_gpus)
-            .remote(str(index_dir), i, use_gpu and num_gpus > 0) for i in range(manifest["num_shards"])]
-
-
 def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float = 0.0):
-    """Shard actors + query encoder + router for a built index; returns the router handle."""
+    """Router (with its shard actors and query encoder) for a built index; returns its handle."""
     manifest = read_manifest(index_dir)
     policy_dir, embedder_dir = resolve_model_dirs(cfg)
     expected = model_id(embedder_dir, cfg.model.embed_instruction, cfg.video)
@@ -148,11 +237,11 @@ def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float =
         raise ValueError(f"index {index_dir} was built by {manifest['model_id']}, but the query "
                          f"encoder is {expected}: rebuild the index")
     res = cfg.resources
-    shards = start_shards(index_dir, res.cpus_per_actor, res.gpus_per_index_shard,
-                          cfg.retrieval.use_gpu)
-    encoder = QueryEncoderActor.options(num_cpus=res.cpus_per_actor, num_gpus=encoder_gpus).remote(
-        str(embedder_dir), str(policy_dir), cfg.model.dtype, cfg.model.embed_instruction)
-    router = RetrievalRouter.remote(shards, encoder, manifest)
+    shards = ShardSpec(str(index_dir), res.cpus_per_actor, res.gpus_per_index_shard,
+                       cfg.retrieval.use_gpu)
+    encoder = EncoderSpec(str(embedder_dir), str(policy_dir), cfg.model.dtype,
+                          cfg.model.embed_instruction, res.cpus_per_actor, encoder_gpus)
+    router = RetrievalRouter.remote(shards, encoder)
     ray.get(router.ready.remote())
     return router
 

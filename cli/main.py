@@ -12,7 +12,7 @@ from rich.console import Console
 from config import ConfigError, load_config, to_yaml
 
 app = typer.Typer(help="VideoSearch-R1 on Ray: train and evaluate a video search agent.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 corpus_app = typer.Typer(help="Build or import a video corpus.", no_args_is_help=True)
 models_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")

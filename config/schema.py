@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class SQRMode(str, Enum):
+class SQRMode(StrEnum):
     slots = "slots"  # N latent slot tokens after <REFINE>, one prefill
     recurrent = "recurrent"  # each latent fed back as the next input embedding
 
 
-class IndexType(str, Enum):
+class IndexType(StrEnum):
     flat = "flat"
     ivf = "ivf"
     hnsw = "hnsw"
 
 
-class KLEstimator(str, Enum):
+class KLEstimator(StrEnum):
     k1 = "k1"
     k3 = "k3"
 
 
-class LossAggregation(str, Enum):
+class LossAggregation(StrEnum):
     token_mean = "token_mean"
     seq_mean = "seq_mean"
 
 
-class CorpusSource(str, Enum):
+class CorpusSource(StrEnum):
     synth = "synth"
     charades = "charades"
     fig = "fig"
@@ -138,6 +138,7 @@ class LearnerConfig:
     zero_stage: int = 2
     lr: float = 1e-4
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
     clip_eps: float = 0.2
     clip_eps_high: float = 0.2  # set above clip_eps for asymmetric clipping
     kl_beta: float = 0.01

@@ -19,7 +19,6 @@ import torch.distributed as dist
 
 from config.schema import LearnerConfig
 
-GRAD_CLIP = 1.0  # global grad-norm clip; a LearnerConfig field would be the place for it
 NO_PRINT = 2**31 - 1
 
 
@@ -70,7 +69,7 @@ def ds_config(lcfg: LearnerConfig, world: int, overrides: dict | None = None) ->
         "train_micro_batch_size_per_gpu": lcfg.micro_batch_size,
         "gradient_accumulation_steps": lcfg.grad_accum_steps,
         "train_batch_size": lcfg.micro_batch_size * lcfg.grad_accum_steps * world,
-        "gradient_clipping": GRAD_CLIP,
+        "gradient_clipping": lcfg.max_grad_norm,
         "zero_optimization": {"stage": lcfg.zero_stage},
         "bf16": {"enabled": on_gpu()},
         "zero_allow_untested_optimizer": True,
@@ -85,6 +84,7 @@ def build_engine(module: torch.nn.Module, lcfg: LearnerConfig, world: int,
                  overrides: dict | None = None):
     import deepspeed
 
+    module.to(device())  # the optimizer is built on the parameters where they will live
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lcfg.lr, weight_decay=lcfg.weight_decay,
                                   fused=on_gpu())

@@ -87,7 +87,8 @@ class GRPOLoss:
         ref_lp = None
         if self.ref is not None:
             with torch.no_grad():
-                ref_lp = token_logprobs(self.ref(**hf_inputs(batch)).logits[:, :-1], batch.labels)
+                logits = self.ref(**hf_inputs(batch), use_cache=False).logits
+                ref_lp = token_logprobs(logits[:, :-1], batch.labels)
         loss, parts = policy_loss(lp, old, batch.advantages, batch.mask, c.clip_eps,
                                   c.clip_eps_high, ref_lp, c.kl_beta, c.kl_estimator,
                                   c.loss_aggregation)

@@ -43,7 +43,7 @@ class Learner:
             raise RuntimeError("join the learner process group first (learner.engine.init_distributed)")
         if stage == "sft" and embedder_dir is None:
             raise ValueError("the SFT stage needs the embedder (InfoNCE runs through it)")
-        self.cfg, self.stage, self.policy_dir = cfg, stage, Path(policy_dir)
+        self.cfg, self.stage = cfg, stage
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = device()
         self.processor = load_processor(policy_dir)

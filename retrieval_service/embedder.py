@@ -21,7 +21,7 @@ from torch import nn
 from transformers.video_utils import VideoMetadata
 
 from config.schema import VideoConfig
-from corpus.video import DecodedVideo
+from corpus.video import DecodedVideo, decode_video
 from models.loading import load_embedder, load_processor, torch_dtype
 from models.sqr_heads import SQRHeads
 from models.tokenizer import SQR_SLOT_TOKEN
@@ -91,6 +91,17 @@ class Embedder:
         if policy_dir is not None:
             self.heads = SQRHeads.load(policy_dir, torch_dtype(dtype))
             self.heads.to(self.device).eval().requires_grad_(False)
+
+    def decode(self, path: str | Path) -> DecodedVideo:
+        """A video sampled the way this embedder's index is built (the video config)."""
+        v = self.video
+        return decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+
+    def load_heads(self, state: dict[str, torch.Tensor]) -> None:
+        """New SQR head weights from the learner (its refine projector rides along unused)."""
+        if self.heads is None:
+            raise ValueError("this embedder was loaded without SQR heads (no policy_dir)")
+        self.heads.load_state_dict(state)
 
     @property
     def soft_shape(self) -> tuple[int, int] | None:

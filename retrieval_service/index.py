@@ -21,6 +21,7 @@ MANIFEST = "manifest.json"
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 128
 MIN_POINTS_PER_CENTROID = 39  # below this FAISS's k-means is starved
+GPU_MAX_K = 2048
 
 
 def shard_of(video_ids, num_shards: int) -> np.ndarray:
@@ -48,11 +49,11 @@ def build_faiss(vectors: np.ndarray, rcfg: RetrievalConfig) -> faiss.Index:
     return index
 
 
-def to_gpu(index: faiss.Index, device: int = 0) -> faiss.Index:
-    """A GPU copy for searching; HNSW has no GPU implementation and stays on the CPU."""
+def to_gpu(index: faiss.Index, resources, device: int = 0) -> faiss.Index:
+    """A GPU copy for searching (`resources` must outlive it); HNSW has no GPU version."""
     if isinstance(index, faiss.IndexHNSW):
         return index
-    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device, index)
+    return faiss.index_cpu_to_gpu(resources, device, index)
 
 
 class Shard:
@@ -66,8 +67,15 @@ class Shard:
         self.row_of = {v: i for i, v in enumerate(self.ids.tolist())}
         if isinstance(index, faiss.IndexIVF):
             index.make_direct_map()  # for reconstruct() in score()
-        on_gpu = use_gpu and faiss.get_num_gpus() > 0
-        self.index = to_gpu(index) if on_gpu else index
+        self.gpu_resources = None
+        self.index = index
+        if use_gpu and faiss.get_num_gpus() > 0:
+            self.gpu_resources = faiss.StandardGpuResources()
+            self.index = to_gpu(index, self.gpu_resources)
+
+    def _for_k(self, k: int) -> faiss.Index:
+        """The GPU index where it can serve k (its k-selection stops at 2048), else the CPU one."""
+        return self.index if k <= GPU_MAX_K else self.cpu_index
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids, rcfg: RetrievalConfig) -> Shard:
@@ -92,16 +100,18 @@ class Shard:
         n, kk = len(self), min(k, len(self))
         if kk == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), str)
-        scores, rows = self.index.search(queries, min(kk + 1, n))
+        scores, rows = self._for_k(kk + 1).search(queries, min(kk + 1, n))
         out_s, out_r = scores[:, :kk].copy(), rows[:, :kk].copy()
         width = scores.shape[1]
         tied = np.flatnonzero((width > kk) & (scores[:, -1] == scores[:, kk - 1]) & (rows[:, -1] >= 0))
         while tied.size:  # widen only the queries whose k-th score continues past the cut
             width = min(2 * width, n)
-            s, r = self.index.search(queries[tied], width)
+            s, r = self._for_k(width).search(queries[tied], width)
             more = (width < n) & (s[:, -1] == s[:, kk - 1]) & (r[:, -1] >= 0)
             for row, srow, rrow in zip(tied[~more], s[~more], r[~more], strict=True):
-                out_s[row], out_r[row] = _cut(srow, rrow, self.ids, kk)
+                cut_s, cut_r = _cut(srow, rrow, self.ids, kk)
+                out_s[row], out_r[row] = -np.inf, -1  # an approximate index may find fewer
+                out_s[row, :len(cut_s)], out_r[row, :len(cut_r)] = cut_s, cut_r
             tied = tied[more]
         out_s[out_r < 0] = -np.inf
         ids = np.where(out_r >= 0, self.ids[np.maximum(out_r, 0)], "")

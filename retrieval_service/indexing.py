@@ -49,9 +49,7 @@ class IndexReport:
     skipped: int  # already embedded by an earlier run
     indexed: int  # vectors in the shards
     shard_counts: list[int]
-    seconds: float  # embedding stage of this run, start-up included
-    startup_s: float  # until the first embedded batch: actor start, model load, first decode
-    steady_videos_per_s: float  # after the first batch
+    seconds: float  # embedding stage of this run, pipeline start-up included
     index_dir: str
     failures: list[Failure] = field(default_factory=list)
 
@@ -60,8 +58,7 @@ class IndexReport:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        lines = [f"{self.num_videos} videos: {self.embedded} embedded ({self.videos_per_s:.2f}/s, "
-                 f"{self.steady_videos_per_s:.2f}/s after {self.startup_s:.1f} s start-up), "
+        lines = [f"{self.num_videos} videos: {self.embedded} embedded ({self.videos_per_s:.2f}/s), "
                  f"{self.skipped} already done, {len(self.failures)} failed; "
                  f"{self.indexed} indexed in shards {self.shard_counts} -> {self.index_dir}"]
         lines += [f"  failed {f.video_id} ({f.path}): {f.reason}" for f in self.failures]
@@ -165,39 +162,24 @@ def pipeline(rows: list[dict], embedder_dir: Path, cfg: Config, num_actors: int,
         num_cpus=cfg.resources.cpus_per_actor)
 
 
-@dataclass
-class _Run:
-    failures: list[Failure] = field(default_factory=list)
-    startup_s: float = 0.0  # until the first batch: actor start, model load, first decode
-    steady_videos_per_s: float = 0.0  # after the first batch
-
-
-def collect(ds: ray.data.Dataset, total: int, directory: Path, mid: str, progress: bool) -> _Run:
-    """Drains the pipeline, writing embeddings in atomic parts and listing the failures."""
-    run, ids, vectors = _Run(), [], []
-    start, first, after_first = time.perf_counter(), None, 0
+def collect(ds: ray.data.Dataset, total: int, directory: Path, mid: str,
+            progress: bool) -> list[Failure]:
+    """Drains the pipeline, writing embeddings in atomic parts; returns the failures."""
+    failures, ids, vectors = [], [], []
     with tqdm(total=total, desc="embed videos", unit="video", disable=not progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for vid, path, err, emb in zip(batch["video_id"], batch["path"], batch["error"],
                                            batch["embedding"], strict=True):
                 if err:
-                    run.failures.append(Failure(str(vid), str(path), str(err)))
+                    failures.append(Failure(str(vid), str(path), str(err)))
                 else:
                     ids.append(str(vid))
                     vectors.append(emb)
             if len(ids) >= FLUSH_ROWS:
                 _flush(directory, ids, vectors, mid)
             bar.update(len(batch["video_id"]))
-            if first is None:
-                first = time.perf_counter()
-            else:
-                after_first += len(batch["video_id"])
     _flush(directory, ids, vectors, mid)
-    if first is not None:
-        run.startup_s = first - start
-        elapsed = time.perf_counter() - first
-        run.steady_videos_per_s = after_first / elapsed if elapsed > 0 else 0.0
-    return run
+    return failures
 
 
 def build_index(cfg: Config, videos_path: str | Path, out_dir: str | Path, *,
@@ -219,10 +201,10 @@ def build_index(cfg: Config, videos_path: str | Path, out_dir: str | Path, *,
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # tqdm counts videos
     start = time.perf_counter()
     try:
-        run = _Run()
+        failures = []
         if todo:
             ds = pipeline(todo, embedder_dir, cfg, num_actors, batch_size)
-            run = collect(ds, len(todo), directory, mid, progress)
+            failures = collect(ds, len(todo), directory, mid, progress)
     finally:
         ctx.enable_progress_bars = bars
     seconds = time.perf_counter() - start
@@ -231,8 +213,8 @@ def build_index(cfg: Config, videos_path: str | Path, out_dir: str | Path, *,
     vectors = vectors[keep].reshape(len(keep), _embedding_dim(embedder_dir))
     manifest = write_index(out_dir, vectors, [ids[i] for i in keep], cfg.retrieval, mid)
     num_videos = len(in_table)
-    report = IndexReport(mid, num_videos, len(todo) - len(run.failures), num_videos - len(todo),
-                         manifest["count"], manifest["shard_counts"], seconds,
-                         run.startup_s, run.steady_videos_per_s, str(out_dir), run.failures)
+    report = IndexReport(mid, num_videos, len(todo) - len(failures), num_videos - len(todo),
+                         manifest["count"], manifest["shard_counts"], seconds, str(out_dir),
+                         failures)
     (out_dir / REPORT).write_text(json.dumps(asdict(report), indent=1))
     return report

@@ -57,6 +57,15 @@ class TurnOutput:
     finish_reason: str | None
 
 
+def _gpu_weight_transfer() -> dict:
+    """On GPU the learner broadcasts weights over NCCL with vLLM's weight-transfer API."""
+    if not torch.cuda.is_available():
+        return {}
+    from vllm.config import WeightTransferConfig
+
+    return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
+
+
 def _make_engine(opts: EngineOptions):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(opts.kv_cache_gib))))
@@ -75,6 +84,7 @@ def _make_engine(opts: EngineOptions):
         limit_mm_per_prompt={"image": 1, "video": opts.max_videos},
         worker_extension_cls=SOFT_CAPTURE_EXTENSION,
         logprobs_mode="processed_logprobs",
+        **_gpu_weight_transfer(),
     )
     return LLMEngine.from_engine_args(args)
 
@@ -217,9 +227,15 @@ class PolicyEngine:
             started = time.perf_counter()
             self.engine.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors)})
             self.engine.reset_prefix_cache()
+            # reload clears the worker's encoder cache; the scheduler must forget it too
+            self.engine.reset_encoder_cache()
             return time.perf_counter() - started
 
         return await self._call(_reload)
+
+    async def rpc(self, method: str, *args):
+        """A worker method (e.g. vLLM's weight-transfer calls), run between engine steps."""
+        return await self._call(lambda: self.engine.collective_rpc(method, args=args))
 
     def shutdown(self) -> None:
         if self._closed:

@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from corpus.video import decode_video
 from models.loading import load_policy, load_processor
 from rollout.prompts import hf_turn_inputs
 from rollout.trajectory import Turn
+from tests.learner.logprobs import response_logprobs
 
 RESPONSES = [  # one per sample of a group; sample g gets reward g
     "<think>a red circle moves left</think> <answer>not_matched</answer> <REFINE>",
@@ -40,23 +40,6 @@ def corpus_rows(synth):
     queries = pq.read_table(synth.queries_path).to_pylist()
     videos = pq.read_table(synth.videos_path).to_pylist()
     return queries, {v["video_id"]: str(synth.out_dir / v["path"]) for v in videos}
-
-
-def response_logprobs(model, turns: list[Turn], processor, cfg) -> list[torch.Tensor]:
-    """Per-token log-probs of each turn's response under a transformers model, one at a time."""
-    from rollout.prompts import hf_video_inputs, mm_token_type_ids
-
-    out = []
-    v = cfg.video
-    with torch.no_grad():
-        for t in turns:
-            ids = t.prompt_ids + t.response_ids
-            video = decode_video(t.video_path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
-            logits = model(input_ids=torch.tensor([ids]), mm_token_type_ids=mm_token_type_ids(processor, ids),
-                           **hf_video_inputs(processor, video)).logits[0, :-1]
-            lp = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
-            out.append(lp[len(t.prompt_ids) - 1:])
-    return out
 
 
 @pytest.fixture(scope="session")

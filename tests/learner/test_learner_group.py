@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from models.loading import load_policy
-from tests.learner.conftest import response_logprobs
+from tests.learner.logprobs import response_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def test_grpo_step_moves_logprobs_along_the_advantages(group, learner_cfg, model
 
 
 def test_two_ranks_under_zero2_and_zero3_update_like_one_rank(ray_cluster, group, learner_cfg,
-                                                              model_dirs, grpo_turns):
+                                                              model_dirs, grpo_turns, tmp_path):
     """Same batch, same global batch size (1 rank x 2 accumulation steps = 2 ranks x 1), two
     steps (the second with Adam state and a KL term): the same losses and the same update. Adam
     divides by sqrt(v), so a gradient that is ~0 up to roundoff can move a weight by up to lr
@@ -101,6 +101,8 @@ def test_two_ranks_under_zero2_and_zero3_update_like_one_rank(ray_cluster, group
             worst = max((got[n] - want[n]).abs().max().item() for n in want)
             assert update > 1e-2, "the steps moved the weights"
             assert diff / update < 1e-4 and worst < 0.05 * learner_cfg.learner.lr, (stage, diff, worst)
+        exported = load_policy(two.export_hf(tmp_path / "zero3_export"))[0].state_dict()
+        assert all(torch.equal(exported[n], got[n]) for n in got), "ZeRO-3 export = gathered weights"
     finally:
         two.shutdown()
 

@@ -85,6 +85,16 @@ def test_every_turn_gets_its_episodes_group_advantage(grpo_turns):
     assert turn_advantages(grpo_turns, std_normalize=True) == pytest.approx([-1, 1, -1, 1], abs=1e-5)
 
 
+def test_a_large_logprob_mismatch_is_a_warning(caplog):
+    from learner.grpo import warn_mismatch
+
+    with caplog.at_level("WARNING", logger="learner.grpo"):
+        warn_mismatch({"logprob_mismatch": 0.01}, threshold=0.05)
+        assert not caplog.records
+        warn_mismatch({"logprob_mismatch": 0.2}, threshold=0.05)
+    assert "mismatch 0.2000 > 0.0500" in caplog.text
+
+
 def test_sft_examples_pair_matched_and_not_matched_turns(learner_cfg, sft_examples, corpus_rows):
     queries, paths = corpus_rows
     k = learner_cfg.learner.infonce_negatives
@@ -130,7 +140,8 @@ def test_sft_gradient_reaches_the_refine_projector_only_through_infonce(
     set_trainable(module, heads=True, vision=False)
     embedder = Embedder(model_dirs[1], None, video=cfg.video)
     slot = processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN)
-    examples = sorted(sft_examples[:3], key=lambda e: e.answer)  # both kinds, unequal lengths
+    kinds = {e.answer: e for e in sft_examples}
+    examples = [kinds["matched"], kinds["not_matched"]]  # unequal lengths: padding in between
     rows = sft_rows(examples, processor, VideoInputs(processor, cfg.video), slot, cfg.sqr.num_tokens)
     batch = collate_rows(rows, processor, 2, "cpu")
 

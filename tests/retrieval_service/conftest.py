@@ -11,8 +11,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from corpus.video import decode_video
-
 
 @pytest.fixture(scope="session")
 def embedder(cfg, model_dirs):
@@ -23,11 +21,9 @@ def embedder(cfg, model_dirs):
 
 
 @pytest.fixture(scope="session")
-def synth_embeddings(cfg, synth, embedder) -> tuple[list[str], np.ndarray]:
+def synth_embeddings(synth, embedder) -> tuple[list[str], np.ndarray]:
     rows = pq.read_table(synth.videos_path).to_pylist()
-    v = cfg.video
-    videos = [decode_video(synth.out_dir / r["path"], v.fps, v.max_frames, v.max_pixels, v.min_pixels)
-              for r in rows]
+    videos = [embedder.decode(synth.out_dir / r["path"]) for r in rows]
     vectors = np.concatenate([embedder.encode_videos(videos[i:i + 8]) for i in range(0, len(videos), 8)])
     return [r["video_id"] for r in rows], vectors
 

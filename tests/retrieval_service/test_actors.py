@@ -82,7 +82,23 @@ def test_killed_shard_comes_back_with_the_same_content(router, synth_embeddings)
     np.testing.assert_array_equal(after[0], before[0])
     assert pid_of(shard) != pid
     info = ray.get(router.ready.remote())
-    assert info["loaded_counts"] == info["shard_counts"]
+    assert [s["videos"] for s in info["shards"]] == info["shard_counts"]
+
+
+def test_concurrent_text_searches_are_coalesced_correctly(router, embedder):
+    """Many single-query calls at once (the agent loop's pattern), mixed soft/plain and k."""
+    n, d = embedder.soft_shape
+    rng = np.random.default_rng(3)
+    calls = [([f"{TEXTS[i % 2]} {i}"], rng.standard_normal((1, n, d)).astype(np.float32) if i % 3 else None,
+              1 + i % 5) for i in range(12)]
+    together = ray.get([router.search_text.remote(*c) for c in calls])
+    for c, got in zip(calls, together, strict=True):
+        alone = ray.get(router.search_text.remote(*c))
+        np.testing.assert_allclose(got[0], alone[0], atol=1e-5)
+        np.testing.assert_array_equal(got[2], alone[2])
+        assert got[2].shape == (1, c[2])
+    with pytest.raises(ValueError, match="soft_tokens must be"):
+        ray.get(router.search_text.remote(["a", "b"], calls[1][1], 3))
 
 
 def test_router_client_for_the_agent_loop(router, synth_embeddings):
@@ -91,3 +107,22 @@ def test_router_client_for_the_agent_loop(router, synth_embeddings):
     assert len(result.video_ids) == 3 and result.vector.shape == (synth_embeddings[1].shape[1],)
     scores = asyncio.run(client.score(result.vector, result.video_ids))
     np.testing.assert_allclose(scores, result.scores, atol=1e-6)
+
+
+def test_new_heads_reach_the_encoder_and_survive_its_restart(router, embedder):
+    """The learner's heads replace the initial ones; a restarted encoder gets them back."""
+    n, d = embedder.soft_shape
+    soft = np.random.default_rng(1).standard_normal((1, n, d)).astype(np.float32)
+    before = ray.get(router.encode.remote(TEXTS[:1], soft))
+    state = {k: v * 1.5 for k, v in embedder.heads.state_dict().items()}
+    assert ray.get(router.load_heads.remote(state)) == 1
+    after = ray.get(router.encode.remote(TEXTS[:1], soft))
+    assert np.abs(after - before).max() > 1e-3
+
+    encoder = ray.get(router.__ray_call__.remote(lambda self: self.encoder))
+    pid = pid_of(encoder)
+    ray.kill(encoder, no_restart=False)
+    np.testing.assert_allclose(ray.get(router.encode.remote(TEXTS[:1], soft)), after, atol=1e-6)
+    assert pid_of(encoder) != pid
+    ray.get(router.load_heads.remote(embedder.heads.state_dict()))  # as the other tests expect
+    np.testing.assert_allclose(ray.get(router.encode.remote(TEXTS[:1], soft)), before, atol=1e-6)

@@ -74,11 +74,8 @@ def test_queries_are_padding_invariant(embedder):
 
 
 def test_videos_are_padding_invariant(embedder, synth):
-    from corpus.video import decode_video
-
-    v = embedder.video
     paths = sorted((synth.out_dir / "videos").glob("*.mp4"))[:3]
-    videos = [decode_video(p, v.fps, v.max_frames, v.max_pixels, v.min_pixels) for p in paths]
+    videos = [embedder.decode(p) for p in paths]
     videos[1].frames, videos[1].timestamps = videos[1].frames[:5], videos[1].timestamps[:5]
     batched = embedder.encode_videos(videos)
     single = np.concatenate([embedder.encode_videos([x]) for x in videos])
@@ -96,10 +93,7 @@ def test_bad_inputs(embedder):
 
 def test_query_vectors_do_not_depend_on_the_previous_video_forward(embedder, synth):
     """The base model caches M-RoPE deltas per forward; queries must not pick them up."""
-    from corpus.video import decode_video
-
-    v = embedder.video
     before = embedder.encode_queries(TEXTS)
     paths = sorted((synth.out_dir / "videos").glob("*.mp4"))[:4]
-    embedder.encode_videos([decode_video(p, v.fps, v.max_frames, v.max_pixels) for p in paths])
+    embedder.encode_videos([embedder.decode(p) for p in paths])
     torch.testing.assert_close(embedder.encode_queries(TEXTS), before, atol=1e-6, rtol=0)

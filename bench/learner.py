@@ -1,0 +1,134 @@
+"""Learner speed on the GRPO workload (DESIGN.md §6: P=4 prompts x G=8 samples, 128-token
+completions, here with the tiny Qwen3-VL and a video prefix), and weight-sync cost.
+
+Step time: one GRPO step (one optimizer update, KL reference on) for 1 rank ZeRO-2 and 2 ranks
+ZeRO-3 on a local Ray cluster. Weight sync: learner rank 0's tensors through the object store
+into a vLLM PolicyWorker's weight reload, end to end, against a raw copy of the same number of
+bytes between two actors in the same run (one buffer, put by one actor, copied out by the other).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from config import load_config
+from corpus.synth import generate_corpus
+from corpus.video import decode_video
+from models.loading import load_processor, resolve_model_dirs
+from rollout.prompts import hf_turn_inputs
+from rollout.trajectory import Turn
+
+P, G, LENGTH, TIMED = 4, 8, 128, 2
+SYNC_REPS = 10  # syncs are ~0.1 s: medians of many, on a machine others share
+
+
+def _turns(cfg, policy_dir, corpus) -> list[Turn]:
+    processor = load_processor(policy_dir)
+    rng = np.random.default_rng(0)
+    turns, v = [], cfg.video
+    for p in range(P):
+        path = str(corpus.out_dir / f"videos/synth_{p:04d}.mp4")
+        video = decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+        prompt = hf_turn_inputs(processor, f"query {p}", video)["input_ids"][0].tolist()
+        for g in range(G):
+            response = rng.integers(100, 400, size=LENGTH).tolist()
+            turns.append(Turn(
+                episode_id=f"q{p}#{g}", query_id=f"q{p}", sample=g, turn=1, query_text=f"query {p}",
+                gt_video_id="", gt_start=0.0, gt_end=1.0, video_id="", video_path=path,
+                frame_times=video.timestamps.tolist(), retrieved_ids=[], retrieved_scores=[],
+                prompt_ids=prompt, response_ids=response, sampling_logprobs=[-6.0] * LENGTH,
+                response_text="", reward=float(rng.random()), is_final=True))
+    return turns
+
+
+def _step_seconds(group, turns) -> float:
+    group.grpo_step(turns)  # warm-up
+    return statistics.median(group.grpo_step(turns)["step_seconds"] for _ in range(TIMED))
+
+
+@ray.remote(num_cpus=0.5)
+class _Bytes:
+    """Both ends of the raw copy: `make` leaves a buffer in the object store, `take` copies it."""
+
+    def make(self, nbytes: int) -> np.ndarray:
+        return np.ones(nbytes, np.uint8)
+
+    def take(self, buf: np.ndarray) -> float:
+        started = time.perf_counter()
+        np.copy(buf)
+        return time.perf_counter() - started
+
+
+def _sync(group, cfg, policy_dir) -> dict:
+    from actors.policy_worker import PolicyWorker
+
+    worker = PolicyWorker.options(num_cpus=0.5).remote(cfg, str(policy_dir), "bench")
+    ray.get(worker.ready.remote())
+    runs = []
+    for _ in range(1 + SYNC_REPS):
+        started = time.perf_counter()
+        w = group.export_weights()
+        exported = time.perf_counter()
+        reload_s = ray.get(worker.load_weights.remote(w.version, w.model_ref, w.heads_ref))
+        runs.append((time.perf_counter() - started, exported - started, reload_s))
+    nbytes = sum(t.numel() * t.element_size() for t in ray.get(w.model_ref).values())
+    ray.kill(worker)
+    a, b = _Bytes.remote(), _Bytes.remote()
+    raw = []
+    for _ in range(1 + SYNC_REPS):
+        started = time.perf_counter()
+        ray.get(b.take.remote(a.make.remote(nbytes)))
+        raw.append(time.perf_counter() - started)
+    ray.kill(a)
+    ray.kill(b)
+    total, export, reload_s = (statistics.median(x) for x in zip(*runs[1:], strict=True))
+    raw_s = statistics.median(raw[1:])
+    return {"weight_bytes": nbytes, "sync_seconds": total, "sync_export_seconds": export,
+            "sync_vllm_reload_seconds": reload_s, "raw_copy_seconds": raw_s,
+            "sync_over_raw_copy": total / raw_s}
+
+
+def run(results: dict) -> dict:
+    torch.manual_seed(0)
+    from actors.learner import LearnerGroup
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        cfg = load_config("cpu_tiny", [
+            f"paths.workdir={work}", f"paths.model_cache={work}/models", "corpus.synth.num_videos=4",
+            "learner.micro_batch_size=8", "learner.grad_accum_steps=4",
+            "learner.logprob_mismatch_warn=1e9", "resources.cpus_per_actor=0.5",
+            "rollout.max_model_len=1024", "rollout.sampling.max_tokens=16"])
+        policy_dir, _ = resolve_model_dirs(cfg)
+        turns = _turns(cfg, policy_dir, generate_corpus(cfg.corpus.synth, work / "corpus"))
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            one = LearnerGroup(cfg, num_ranks=1)
+            one.build("grpo", policy_dir)
+            results["step_seconds_1rank_zero2"] = _step_seconds(one, turns)
+            results.update(_sync(one, cfg, policy_dir))
+            one.shutdown()
+            two = LearnerGroup(cfg, num_ranks=2)
+            two.build("grpo", policy_dir, cfg=dataclasses.replace(cfg, learner=dataclasses.replace(
+                cfg.learner, zero_stage=3, grad_accum_steps=2)))
+            results["step_seconds_2rank_zero3"] = _step_seconds(two, turns)
+            two.shutdown()
+        finally:
+            ray.shutdown()
+    tokens = sum(len(t.prompt_ids) + len(t.response_ids) for t in turns)
+    results["step_tokens"] = tokens
+    results["tokens_per_s_1rank_zero2"] = tokens / results["step_seconds_1rank_zero2"]
+    results["workload"] = (f"GRPO P={P} G={G} {LENGTH}-token responses, video prompts of "
+                           f"{len(turns[0].prompt_ids)} tokens, one optimizer step, KL ref on, "
+                           "tiny Qwen3-VL fp32, 2 CPU cores")
+    return results
