@@ -50,7 +50,7 @@ def _training_text() -> list[str]:
     motions = ["moves left", "moves right", "moves up", "moves down", "appears", "disappears"]
     lines = [f"a {c} {s} {m}" for c, s, m in itertools.product(colours, shapes, motions)]
     lines += [f"<{t / 10:.1f} seconds>" for t in range(0, 3000, 7)]
-    lines += [f"<start>{s}</start> <end>{e}</end>" for s, e in zip(range(0, 200), range(3, 203))]
+    lines += [f"<start>{s}</start> <end>{e}</end>" for s, e in ((s, s + 3) for s in range(200))]
     lines += [
         "<think>The video shows the event described in the query.</think> "
         "<answer>matched</answer> <start>2.0</start> <end>6.0</end> <REFINE>",
