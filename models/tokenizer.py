@@ -21,7 +21,9 @@ QWEN_SPECIAL_TOKENS = [
 QWEN_ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
 REFINE_TOKEN = "<REFINE>"
 SQR_SLOT_TOKEN = "<|sqr_slot|>"
-PROJECT_TOKENS = [REFINE_TOKEN, SQR_SLOT_TOKEN]
+# Tokens that only the prompt builder may place: the policy never samples them.
+NEVER_GENERATED = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
+                   "<|video_pad|>", SQR_SLOT_TOKEN]
 
 # Qwen2's pre-tokenizer regex (single digits, words with a leading non-letter).
 _QWEN_SPLIT = (

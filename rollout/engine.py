@@ -180,7 +180,10 @@ class PolicyEngine:
 
     # ---- public API ----------------------------------------------------------------
     def sampling_params(self, sampling: SamplingConfig, stop_token_ids: Iterable[int],
-                        seed: int | None = None, greedy: bool = False):
+                        seed: int | None = None, greedy: bool = False,
+                        banned_token_ids: Iterable[int] = ()):
+        """`banned_token_ids` are never sampled (vision placeholders and SQR slots in a
+        response would be taken for multimodal inputs when the learner recomputes it)."""
         from vllm import SamplingParams
 
         return SamplingParams(
@@ -188,6 +191,7 @@ class PolicyEngine:
             top_p=1.0 if greedy else sampling.top_p,
             max_tokens=sampling.max_tokens, seed=seed, logprobs=0,
             stop_token_ids=list(stop_token_ids), skip_special_tokens=False,
+            logit_bias={int(t): -1e4 for t in banned_token_ids} or None,
         )
 
     async def generate(self, prompt_ids: list[int], mm_data: dict | None, params) -> TurnOutput:

@@ -16,7 +16,7 @@ from config.schema import Config
 from corpus.video import DecodedVideo, decode_video
 from models.loading import load_processor, torch_dtype
 from models.sqr_heads import SQRHeads
-from models.tokenizer import REFINE_TOKEN, SQR_SLOT_TOKEN
+from models.tokenizer import NEVER_GENERATED, REFINE_TOKEN, SQR_SLOT_TOKEN
 from rollout.engine import EngineOptions, PolicyEngine
 from rollout.prompts import prompt_ids, vllm_video_data
 
@@ -37,6 +37,7 @@ class LocalPolicy:
         self.processor = load_processor(policy_dir)
         tok = self.processor.tokenizer
         self.stop_ids = [tok.convert_tokens_to_ids(REFINE_TOKEN), tok.eos_token_id]
+        self.banned_ids = tok.convert_tokens_to_ids(NEVER_GENERATED)
         self.heads = SQRHeads.load(policy_dir, torch_dtype(cfg.model.dtype)).eval()
         self.engine = PolicyEngine(
             EngineOptions.from_config(policy_dir, cfg.rollout, cfg.model.dtype, cfg.model.seed),
@@ -54,7 +55,8 @@ class LocalPolicy:
                        greedy: bool = False) -> GeneratedTurn:
         video = self._decode(video_path)
         params = self.engine.sampling_params(self.cfg.rollout.sampling, self.stop_ids,
-                                             seed=seed, greedy=greedy)
+                                             seed=seed, greedy=greedy,
+                                             banned_token_ids=self.banned_ids)
         version = self.weight_version
         out = await self.engine.generate(prompt_ids(self.processor, query),
                                          vllm_video_data(video), params)

@@ -126,3 +126,19 @@ def test_new_heads_reach_the_encoder_and_survive_its_restart(router, embedder):
     assert pid_of(encoder) != pid
     ray.get(router.load_heads.remote(embedder.heads.state_dict()))  # as the other tests expect
     np.testing.assert_allclose(ray.get(router.encode.remote(TEXTS[:1], soft)), before, atol=1e-6)
+
+
+def test_a_restarted_router_rebuilds_its_engine_and_asks_for_the_heads(router, embedder,
+                                                                      synth_embeddings):
+    """Last in the module: the router's shards and encoder are recreated with it."""
+    vecs = synth_embeddings[1][:4]
+    before = ray.get(router.search.remote(vecs, 3))
+    n, d = embedder.soft_shape
+    soft = np.zeros((1, n, d), np.float32)
+    ray.kill(router, no_restart=False)
+    after = ray.get(router.search.remote(vecs, 3))
+    np.testing.assert_array_equal(after[1], before[1])
+    with pytest.raises(RuntimeError, match="load_heads"):
+        ray.get(router.search_text.remote(TEXTS[:1], soft, 3))
+    ray.get(router.load_heads.remote(embedder.heads.state_dict()))
+    assert ray.get(router.search_text.remote(TEXTS[:1], soft, 3))[2].shape == (1, 3)
