@@ -159,7 +159,7 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
     train = s.corpus.queries("train")
     start_dir = state.get("sft_export") or str(s.policy_dir)
     learner = LearnerGroup(cfg)
-    learner.build("grpo", start_dir)
+    learner.build("grpo", start_dir, cfg=learner.with_learner(lr=cfg.learner.grpo_lr or cfg.learner.lr))
     step = 0
     ckpt = state.get("grpo_checkpoint")
     if resume and ckpt:

@@ -119,7 +119,7 @@ class RetrievalRouter:
         self.heads_version, self.heads_ref = 0, None
         self.heads_lost = ray.get_runtime_context().was_current_actor_reconstructed
         self._coalesced = Coalescer(self._search_text_batch)
-        self.latency = Histogram("retrieval_seconds", "Retrieval call latency (router side).",
+        self.latency = Histogram("retrieval_search_seconds", "Retrieval call latency (router side).",
                                  boundaries=LATENCY_BOUNDARIES, tag_keys=("method",))
 
     async def ready(self) -> dict:
@@ -131,6 +131,10 @@ class RetrievalRouter:
 
     async def soft_shape(self) -> tuple[int, int] | None:
         return None if self.encoder is None else await self.encoder.soft_shape.remote()
+
+    def shard_handles(self) -> list:
+        """For operators and fault-injection tests: the shard actors this router owns."""
+        return list(self.shards)
 
     def _check(self, vecs) -> np.ndarray:
         vecs = np.asarray(vecs, np.float32)

@@ -137,6 +137,7 @@ class RewardConfig:
 class LearnerConfig:
     zero_stage: int = 2
     lr: float = 1e-4
+    grpo_lr: float | None = None  # GRPO's learning rate; None: the same as lr
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     clip_eps: float = 0.2
@@ -167,7 +168,6 @@ class TrainConfig:
 @dataclass
 class ResourcesConfig:
     num_policy_workers: int = 1
-    num_index_shards: int = 1
     num_learner_ranks: int = 1
     gpus_per_policy_worker: float = 0.0
     gpus_per_learner_rank: float = 0.0

@@ -31,8 +31,8 @@ class SFTExample:
 
 def reasoning(query: str, answer: str, start: float, end: float) -> str:
     if answer == "matched":
-        return f"The query asks for {query}. The video shows it from {start:g} to {end:g} seconds."
-    return f"The query asks for {query}. The video does not show it, so the query must be refined."
+        return f"The video shows {query} from {start:g} to {end:g} seconds."
+    return f"The video does not show {query}."
 
 
 def _negatives(gt: str, ranked: list[str], pool: list[str], k: int,

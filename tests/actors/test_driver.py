@@ -10,6 +10,7 @@ import signal
 import time
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -98,10 +99,10 @@ def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
 
     s = open_session(short_cfg)
     state = json.loads(open(f"{short_cfg.paths.workdir}/job_state.json").read())
-    asyncio.run(s.pool.sync(_weights_from_export(__import__("pathlib").Path(state["sft_export"]))))
+    asyncio.run(s.pool.sync(_weights_from_export(Path(state["sft_export"]))))
     worker = s.pool.workers[0]
     pid = ray.get(worker.pid.remote())
-    shard = ray.get(s.router.shards.remote())[0]
+    shard = ray.get(s.router.shard_handles.remote())[0]
     queries = s.corpus.queries("train")[:3]
 
     async def step_with_faults():

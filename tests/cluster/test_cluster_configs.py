@@ -88,7 +88,7 @@ def actors_needed(run_config) -> dict[str, tuple[int, float]]:
     return {
         "rollout": (r["num_policy_workers"], r["gpus_per_policy_worker"]),
         "learner": (r["num_learner_ranks"], r["gpus_per_learner_rank"]),
-        "retrieval": (r["num_index_shards"], r["gpus_per_index_shard"]),
+        "retrieval": (run_config["retrieval"]["num_shards"], r["gpus_per_index_shard"]),
     }
 
 
