@@ -19,6 +19,7 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
+from actors import role_resources
 from actors.evaluate import evaluate
 from actors.job_state import JobState
 from actors.learner import LearnerGroup
@@ -70,7 +71,8 @@ def init_ray(cfg: Config) -> None:
 def start_workers(s: Session) -> None:
     res = s.cfg.resources
     workers = [PolicyWorker.options(num_cpus=res.cpus_per_actor,
-                                    num_gpus=res.gpus_per_policy_worker).remote(
+                                    num_gpus=res.gpus_per_policy_worker,
+                                    resources=role_resources(s.cfg, "rollout")).remote(
                    s.cfg, str(s.policy_dir), f"policy-{i}")
                for i in range(res.num_policy_workers)]
     ray.get([w.ready.remote() for w in workers])

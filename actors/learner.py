@@ -23,6 +23,7 @@ from ray.util.metrics import Gauge
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors import role_resources
 from actors.rollout_pool import Weights
 from config.schema import Config
 from models.loading import resolve_model_dirs
@@ -125,7 +126,7 @@ class LearnerGroup:
         self.cfg = cfg
         res = cfg.resources
         self.world = num_ranks or res.num_learner_ranks
-        bundle = {"CPU": res.cpus_per_actor}
+        bundle = {"CPU": res.cpus_per_actor, **role_resources(cfg, "learner")}
         if res.gpus_per_learner_rank:
             bundle["GPU"] = res.gpus_per_learner_rank
         self.pg = placement_group([bundle] * self.world, strategy="PACK")
@@ -139,6 +140,7 @@ class LearnerGroup:
         self.ranks = [
             LearnerRank.options(
                 num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_learner_rank,
+                resources=role_resources(cfg, "learner"),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i),
             ).remote(i, self.world)
             for i in range(self.world)

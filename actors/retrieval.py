@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -21,6 +21,7 @@ import ray
 import torch
 from ray.util.metrics import Histogram
 
+from actors import role_resources
 from config.schema import Config
 from models.loading import resolve_model_dirs
 from models.tokenizer import SQR_SLOT_TOKEN
@@ -87,6 +88,7 @@ class ShardSpec:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     use_gpu: bool = False  # search on the shard's GPU (faiss-gpu), when it is given one
+    resources: dict = field(default_factory=dict)  # the role's custom resource, if any
 
 
 @dataclass
@@ -97,6 +99,7 @@ class EncoderSpec:
     instruction: str = "Represent the user's input."
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: dict = field(default_factory=dict)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
@@ -110,11 +113,13 @@ class RetrievalRouter:
     def __init__(self, shards: ShardSpec, encoder: EncoderSpec | None):
         self.manifest = read_manifest(shards.index_dir)
         self.shards = [
-            IndexShardActor.options(num_cpus=shards.num_cpus, num_gpus=shards.num_gpus)
+            IndexShardActor.options(num_cpus=shards.num_cpus, num_gpus=shards.num_gpus,
+                                    resources=shards.resources)
             .remote(shards.index_dir, i, shards.use_gpu and shards.num_gpus > 0)
             for i in range(self.manifest["num_shards"])]
         self.encoder = None if encoder is None else QueryEncoderActor.options(
-            num_cpus=encoder.num_cpus, num_gpus=encoder.num_gpus).remote(
+            num_cpus=encoder.num_cpus, num_gpus=encoder.num_gpus,
+            resources=encoder.resources).remote(
             encoder.embedder_dir, encoder.policy_dir, encoder.dtype, encoder.instruction)
         self.heads_version, self.heads_ref = 0, None
         self.heads_lost = ray.get_runtime_context().was_current_actor_reconstructed
@@ -242,9 +247,10 @@ def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float =
                          f"encoder is {expected}: rebuild the index")
     res = cfg.resources
     shards = ShardSpec(str(index_dir), res.cpus_per_actor, res.gpus_per_index_shard,
-                       cfg.retrieval.use_gpu)
+                       cfg.retrieval.use_gpu, role_resources(cfg, "retrieval"))
     encoder = EncoderSpec(str(embedder_dir), str(policy_dir), cfg.model.dtype,
-                          cfg.model.embed_instruction, res.cpus_per_actor, encoder_gpus)
+                          cfg.model.embed_instruction, res.cpus_per_actor, encoder_gpus,
+                          role_resources(cfg, "retrieval"))
     router = RetrievalRouter.remote(shards, encoder)
     ray.get(router.ready.remote())
     return router

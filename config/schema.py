@@ -173,6 +173,9 @@ class ResourcesConfig:
     gpus_per_learner_rank: float = 0.0
     gpus_per_index_shard: float = 0.0
     cpus_per_actor: float = 1.0
+    # Ask each actor for one unit of its role's custom resource ("rollout", "learner",
+    # "retrieval") as the cluster YAMLs in cluster/ advertise them per node type.
+    role_resources: bool = False
 
 
 @dataclass
