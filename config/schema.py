@@ -7,8 +7,10 @@ from enum import StrEnum
 
 
 class SQRMode(StrEnum):
-    slots = "slots"  # N latent slot tokens after <REFINE>, one prefill
-    recurrent = "recurrent"  # each latent fed back as the next input embedding
+    # N latent slot tokens after <REFINE>, one prefill that reuses the cached prefix.
+    # (The paper code's recurrent chain, each latent fed back as the next input embedding,
+    # is not offered: see the README's "Soft Query Refinement inside vLLM".)
+    slots = "slots"
 
 
 class IndexType(StrEnum):

@@ -3,6 +3,7 @@ corpus and one config pointing at them, built once per run."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -39,3 +40,14 @@ def synth(cfg, workdir):
     from corpus.synth import generate_corpus
 
     return generate_corpus(cfg.corpus.synth, workdir / "corpus")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A private local Ray cluster for one test module (2 logical CPUs, like CI)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
+    yield
+    ray.shutdown()

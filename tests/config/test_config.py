@@ -15,10 +15,10 @@ def test_presets_load_and_differ():
 
 
 def test_overrides_are_typed():
-    cfg = load_config("cpu_tiny", ["rollout.group_size=4", "sqr.mode=recurrent",
+    cfg = load_config("cpu_tiny", ["rollout.group_size=4", "sqr.mode=slots",
                                    "retrieval.index_type=hnsw", "learner.lr=3e-5"])
     assert cfg.rollout.group_size == 4
-    assert cfg.sqr.mode is SQRMode.recurrent
+    assert cfg.sqr.mode is SQRMode.slots
     assert cfg.retrieval.index_type is IndexType.hnsw
     assert cfg.learner.lr == pytest.approx(3e-5)
 

@@ -5,7 +5,6 @@ vLLM PolicyWorker (greedy output equals the learner model's in transformers)."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import pytest
 import torch
@@ -15,16 +14,6 @@ from models.loading import load_policy
 from tests.learner.logprobs import response_logprobs
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _cfg(cfg, **learner):

@@ -5,7 +5,6 @@ small Ray cluster per test module."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -43,13 +42,3 @@ def synth_index(cfg, model_dirs, synth_embeddings, tmp_path_factory):
 def actor_cfg(cfg):
     """Half a CPU per actor: two shards and the encoder fit the 2-CPU test cluster."""
     return dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, cpus_per_actor=0.5))
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
