@@ -209,19 +209,31 @@ class PolicyEngine:
 
     async def slot_hidden_states(self, sequence_ids: list[int], mm_data: dict | None) -> np.ndarray:
         """Final hidden states [N, H] at N slot tokens appended to `sequence_ids` (the
-        unexpanded prompt + response): one prefill that reuses the cached prefix."""
+        unexpanded prompt + response): one prefill that reuses the cached prefix.
+
+        A sequence identical to an earlier one (two samples that wrote the same response)
+        hits the prefix cache up to its last token, so its slots are never recomputed;
+        it is then run once more under a cache salt of its own."""
+        states = await self._capture(sequence_ids, mm_data, salted=False)
+        if states is None:
+            states = await self._capture(sequence_ids, mm_data, salted=True)
+        if states is None:
+            raise RuntimeError("soft-token capture missed a salted request")
+        return states
+
+    async def _capture(self, sequence_ids, mm_data, salted: bool) -> np.ndarray | None:
         from vllm import SamplingParams
 
         prompt = {"prompt_token_ids": list(sequence_ids) + [self.slot_token_id] * self.num_slots}
         if mm_data:
             prompt["multi_modal_data"] = mm_data
+        if salted:
+            prompt["cache_salt"] = f"sqr-{next(self._ids)}"
         rid, fut = self._submit("generate", (prompt, SamplingParams(max_tokens=1, temperature=0.0)))
         await fut
         states = await self._call(
             lambda: self.engine.collective_rpc("pop_slot_states", args=([rid],))[0])
-        if rid not in states:
-            raise RuntimeError(f"soft-token capture missed request {rid}")
-        return np.asarray(states[rid], dtype=np.float32)
+        return np.asarray(states[rid], dtype=np.float32) if rid in states else None
 
     async def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
         """Reload weights in place (Hugging Face names) between engine steps; seconds."""

@@ -130,6 +130,32 @@ def test_soft_tokens_match_transformers_under_concurrency(engine, hf_policy, vid
     assert worst <= 1e-4
 
 
+def test_identical_sequences_still_get_their_soft_tokens(engine, video):
+    """Two samples that wrote the same response: the second slot request is prefix-cached
+    up to its last token, so its slots are not recomputed. Its states must still come back
+    (under a cache salt), equal to the first's."""
+    from rollout.prompts import prompt_ids, vllm_video_data
+
+    eng, processor = engine
+    data = vllm_video_data(video)
+    ids = prompt_ids(processor, "the same words twice")
+    block = eng.engine.vllm_config.cache_config.block_size
+    expanded = len(asyncio.run(eng.generate(ids, data, _greedy(eng, 1))).prompt_ids)
+    # Pad so that only 3 of the 8 slots fall outside the full (cacheable) blocks.
+    ids += [processor.tokenizer.convert_tokens_to_ids("a")] * ((3 - expanded - 8) % block)
+
+    async def scenario():
+        first = await eng.slot_hidden_states(ids, data)
+        unsalted = await eng._capture(ids, data, salted=False)
+        second = await eng.slot_hidden_states(ids, data)
+        return first, unsalted, second
+
+    first, unsalted, second = asyncio.run(scenario())
+    assert unsalted is None  # the cache hit is real: the plain request lost its slots
+    assert first.shape == second.shape == (8, first.shape[1])
+    np.testing.assert_allclose(first, second, atol=1e-5)
+
+
 def test_reload_weights_changes_greedy_output(engine, model_dirs):
     from safetensors.torch import load_file
 
