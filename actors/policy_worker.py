@@ -81,10 +81,6 @@ class PolicyWorker:
     async def shutdown_weight_transfer_engine(self) -> None:
         await self.policy.engine.rpc("shutdown_weight_transfer_engine")
 
-    def stats(self) -> dict:
-        return {"worker": self.name, "generated_tokens": self.policy.engine.generated_tokens,
-                "weight_version": self.policy.weight_version}
-
     def _update_rate(self, tokens: int) -> None:
         start, count = self._window
         count += tokens

@@ -6,13 +6,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 
-class SQRMode(StrEnum):
-    # N latent slot tokens after <REFINE>, one prefill that reuses the cached prefix.
-    # (The paper code's recurrent chain, each latent fed back as the next input embedding,
-    # is not offered: see the README's "Soft Query Refinement inside vLLM".)
-    slots = "slots"
-
-
 class IndexType(StrEnum):
     flat = "flat"
     ivf = "ivf"
@@ -100,8 +93,9 @@ class RetrievalConfig:
 
 @dataclass
 class SQRConfig:
+    # N latent slot tokens follow <REFINE>; their final hidden states, through the refine
+    # projector, are the soft query tokens (README: "Soft Query Refinement inside vLLM").
     num_tokens: int = 8
-    mode: SQRMode = SQRMode.slots
 
 
 @dataclass

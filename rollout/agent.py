@@ -8,7 +8,6 @@ episode's next turn (no lock-step across turns).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 from collections.abc import Callable
@@ -131,12 +130,3 @@ def episode_reward(turns: list[Turn]) -> float:
     that an extra refinement turn is neither free credit nor a penalty by itself."""
     return float(np.mean([t.reward for t in turns])) if turns else 0.0
 
-
-async def run_group(query: Query, group_size: int, policy_for: Callable[[int], PolicyClient],
-                    retriever: RetrieverClient, video_path: Callable[[str], str], cfg: Config,
-                    seed: int) -> list[list[Turn]]:
-    """G episodes of one query, concurrently."""
-    return await asyncio.gather(*[
-        run_episode(query, g, policy_for(g), retriever, video_path, cfg, seed=seed * 1000 + g)
-        for g in range(group_size)
-    ])

@@ -1,7 +1,7 @@
 import pytest
 
 from config import ConfigError, load_config, to_yaml
-from config.schema import Config, IndexType, SQRMode
+from config.schema import Config, IndexType
 
 
 def test_presets_load_and_differ():
@@ -15,10 +15,10 @@ def test_presets_load_and_differ():
 
 
 def test_overrides_are_typed():
-    cfg = load_config("cpu_tiny", ["rollout.group_size=4", "sqr.mode=slots",
+    cfg = load_config("cpu_tiny", ["rollout.group_size=4", "sqr.num_tokens=4",
                                    "retrieval.index_type=hnsw", "learner.lr=3e-5"])
     assert cfg.rollout.group_size == 4
-    assert cfg.sqr.mode is SQRMode.slots
+    assert cfg.sqr.num_tokens == 4
     assert cfg.retrieval.index_type is IndexType.hnsw
     assert cfg.learner.lr == pytest.approx(3e-5)
 
@@ -27,7 +27,7 @@ def test_overrides_are_typed():
     ("rollout.group_sise=4", "rollout.group_sise"),
     ("nothing=1", "nothing"),
     ("rollout.group_size=eight", "rollout.group_size"),
-    ("sqr.mode=spiral", "sqr.mode"),
+    ("retrieval.index_type=spiral", "retrieval.index_type"),
 ])
 def test_bad_overrides_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
