@@ -137,6 +137,26 @@ def index(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> Non
 
 
 @app.command()
+def serve(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Serve the search engine over HTTP (Ray Serve): POST /search, POST /score, GET /healthz.
+
+    Uses the index built by `index` under <workdir>/index; binds retrieval.serve_host
+    (127.0.0.1 by default). Runs until interrupted."""
+    import time
+
+    from actors.driver import init_ray
+    from actors.retrieval import start_retrieval
+    from retrieval_service.serve_app import serve_retrieval
+
+    cfg = _cfg(config, overrides)
+    init_ray(cfg)
+    router = start_retrieval(cfg, Path(cfg.paths.workdir) / "index")
+    console.print(f"serving on {serve_retrieval(router, cfg.retrieval)} (Ctrl-C to stop)")
+    while True:
+        time.sleep(3600)
+
+
+@app.command()
 def bench(only: str = typer.Option("", help="comma-separated benchmark names")) -> None:
     """Run the benchmarks; results go to bench/results.json and BENCHMARKS.md."""
     from bench.run import main
