@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -119,3 +120,43 @@ def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
     assert s.pool.retried_episodes > 0
     assert ray.get(worker.weight_version.remote()) == s.pool.weights.version
     assert ray.get(worker.pid.remote()) != pid
+
+
+def test_cli_serve_answers_over_http(short_cfg, first_run):
+    """`python -m cli serve` on the job's index: healthz, a search, a bad request."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", f"paths.workdir={short_cfg.paths.workdir}",
+         f"paths.model_cache={short_cfg.paths.model_cache}", f"retrieval.serve_port={port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    health = json.loads(r.read())
+                    break
+            except OSError:
+                time.sleep(2)
+        else:
+            pytest.fail("cli serve did not come up")
+        assert health == {"status": "ok", "videos": short_cfg.corpus.synth.num_videos}
+        body = json.dumps({"queries": [{"text": "a red circle"}], "topk": 2}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/search", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            results = json.loads(r.read())["results"]
+        assert len(results) == 1 and len(results[0]) == 2
+        bad = urllib.request.Request(f"http://127.0.0.1:{port}/search", data=b"{", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad, timeout=30)
+        assert err.value.code == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
