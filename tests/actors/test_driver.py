@@ -122,7 +122,7 @@ def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
     assert ray.get(worker.pid.remote()) != pid
 
 
-def test_cli_serve_answers_over_http(short_cfg, first_run):
+def test_cli_serve_answers_over_http(short_cfg, first_run, tmp_path):
     """`python -m cli serve` on the job's index: healthz, a search, a bad request."""
     import socket
     import subprocess
@@ -131,11 +131,11 @@ def test_cli_serve_answers_over_http(short_cfg, first_run):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    log = open(tmp_path / "serve.log", "w")  # a file: a full pipe would block the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", f"paths.workdir={short_cfg.paths.workdir}",
+        [sys.executable, "-m", "cli", "serve", *SHORT, f"paths.workdir={short_cfg.paths.workdir}",
          f"paths.model_cache={short_cfg.paths.model_cache}", f"retrieval.serve_port={port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=Path(__file__).resolve().parents[2])
+        stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
     try:
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -146,7 +146,7 @@ def test_cli_serve_answers_over_http(short_cfg, first_run):
             except OSError:
                 time.sleep(2)
         else:
-            pytest.fail("cli serve did not come up")
+            pytest.fail("cli serve did not come up:\n" + (tmp_path / "serve.log").read_text()[-3000:])
         assert health == {"status": "ok", "videos": short_cfg.corpus.synth.num_videos}
         body = json.dumps({"queries": [{"text": "a red circle"}], "topk": 2}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/search", data=body, method="POST")
@@ -160,3 +160,4 @@ def test_cli_serve_answers_over_http(short_cfg, first_run):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        log.close()
