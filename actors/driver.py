@@ -106,8 +106,7 @@ def stage_sft(s: Session, state: JobState) -> dict:
              * cfg.resources.num_learner_ranks)
     history = []
     for step in tqdm(range(cfg.train.sft_steps), desc="sft", unit="step"):
-        start = (step * batch) % len(examples)
-        chunk = (examples + examples)[start:start + batch]
+        chunk = [examples[(step * batch + i) % len(examples)] for i in range(batch)]
         metrics = learner.sft_step(chunk)
         history.append(metrics)
         s.metrics.learner_step(metrics, stage="sft", step=step)

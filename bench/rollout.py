@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from corpus.synth import generate_corpus
 from corpus.video import decode_video
 from models.loading import load_policy, load_processor, resolve_model_dirs
 from models.tokenizer import SQR_SLOT_TOKEN
-from rollout.engine import EngineOptions, PolicyEngine
+from rollout.engine import PolicyEngine
 from rollout.prompts import hf_turn_inputs, prompt_ids, vllm_video_data
 
 P, G, MIN_LEN, MAX_LEN = 4, 8, 32, 128
@@ -83,8 +84,8 @@ def run(results: dict) -> dict:
         processor = load_processor(policy_dir)
         slot = processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN)
         for prefix_caching in (False, True):
-            engine = PolicyEngine(EngineOptions(model_dir=str(policy_dir), max_model_len=4096,
-                                                enable_prefix_caching=prefix_caching), slot, 8)
+            rollout = replace(cfg.rollout, enable_prefix_caching=prefix_caching)
+            engine = PolicyEngine(str(policy_dir), rollout, slot, cfg.sqr.num_tokens)
             asyncio.run(_vllm(engine, processor, videos, np.full_like(lengths, 4), True))  # warm-up
             if prefix_caching:
                 plain_s, plain_tokens = asyncio.run(_vllm(engine, processor, videos, lengths, False))

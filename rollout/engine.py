@@ -28,27 +28,6 @@ SOFT_CAPTURE_EXTENSION = "rollout.soft_capture.SoftTokenCapture"
 
 
 @dataclass
-class EngineOptions:
-    model_dir: str
-    dtype: str = "float32"
-    seed: int = 0
-    max_model_len: int = 4096
-    kv_cache_gib: float = 1.0
-    gpu_memory_utilization: float = 0.5
-    tensor_parallel_size: int = 1
-    enable_prefix_caching: bool = True
-    max_videos: int = 1
-
-    @classmethod
-    def from_config(cls, model_dir: str, rollout: RolloutConfig, dtype: str, seed: int):
-        return cls(model_dir=str(model_dir), dtype=dtype, seed=seed,
-                   max_model_len=rollout.max_model_len, kv_cache_gib=rollout.kv_cache_gib,
-                   gpu_memory_utilization=rollout.gpu_memory_utilization,
-                   tensor_parallel_size=rollout.tensor_parallel_size,
-                   enable_prefix_caching=rollout.enable_prefix_caching)
-
-
-@dataclass
 class TurnOutput:
     prompt_ids: list[int]  # as the engine saw them (vision placeholders expanded)
     response_ids: list[int]
@@ -66,22 +45,22 @@ def _gpu_weight_transfer() -> dict:
     return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
 
 
-def _make_engine(opts: EngineOptions):
+def _make_engine(model_dir: str, rollout: RolloutConfig, dtype: str, seed: int):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(opts.kv_cache_gib))))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout.kv_cache_gib))))
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
     args = EngineArgs(
-        model=opts.model_dir, dtype=opts.dtype, seed=opts.seed,
-        max_model_len=opts.max_model_len, enforce_eager=not torch.cuda.is_available(),
-        gpu_memory_utilization=opts.gpu_memory_utilization,
-        tensor_parallel_size=opts.tensor_parallel_size,
-        enable_prefix_caching=opts.enable_prefix_caching,
+        model=str(model_dir), dtype=dtype, seed=seed,
+        max_model_len=rollout.max_model_len, enforce_eager=not torch.cuda.is_available(),
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
+        tensor_parallel_size=rollout.tensor_parallel_size,
+        enable_prefix_caching=rollout.enable_prefix_caching,
         # On CPU a chunked prefill of a seeded request crashes vLLM's sampler
         # ("CPU Generator does not use offset"), so prefills are never split there.
         enable_chunked_prefill=torch.cuda.is_available(),
-        limit_mm_per_prompt={"image": 1, "video": opts.max_videos},
+        limit_mm_per_prompt={"image": 1, "video": 1},
         worker_extension_cls=SOFT_CAPTURE_EXTENSION,
         logprobs_mode="processed_logprobs",
         **_gpu_weight_transfer(),
@@ -90,12 +69,12 @@ def _make_engine(opts: EngineOptions):
 
 
 class PolicyEngine:
-    def __init__(self, opts: EngineOptions, slot_token_id: int, num_slots: int):
-        self.opts = opts
+    def __init__(self, model_dir: str, rollout: RolloutConfig, slot_token_id: int,
+                 num_slots: int, dtype: str = "float32", seed: int = 0):
         self.num_slots = num_slots
         self.slot_token_id = slot_token_id
         started = time.perf_counter()
-        self.engine = _make_engine(opts)
+        self.engine = _make_engine(model_dir, rollout, dtype, seed)
         self.engine.collective_rpc("install_soft_capture", args=(slot_token_id, num_slots))
         self.start_seconds = time.perf_counter() - started
         self.tokenizer = self.engine.get_tokenizer()

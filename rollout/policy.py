@@ -17,7 +17,7 @@ from corpus.video import DecodedVideo, decode_video
 from models.loading import load_processor, torch_dtype
 from models.sqr_heads import SQRHeads
 from models.tokenizer import NEVER_GENERATED, REFINE_TOKEN, SQR_SLOT_TOKEN
-from rollout.engine import EngineOptions, PolicyEngine
+from rollout.engine import PolicyEngine
 from rollout.prompts import prompt_ids, vllm_video_data
 
 
@@ -40,9 +40,8 @@ class LocalPolicy:
         self.banned_ids = tok.convert_tokens_to_ids(NEVER_GENERATED)
         self.heads = SQRHeads.load(policy_dir, torch_dtype(cfg.model.dtype)).eval()
         self.engine = PolicyEngine(
-            EngineOptions.from_config(policy_dir, cfg.rollout, cfg.model.dtype, cfg.model.seed),
-            slot_token_id=tok.convert_tokens_to_ids(SQR_SLOT_TOKEN),
-            num_slots=cfg.sqr.num_tokens,
+            policy_dir, cfg.rollout, slot_token_id=tok.convert_tokens_to_ids(SQR_SLOT_TOKEN),
+            num_slots=cfg.sqr.num_tokens, dtype=cfg.model.dtype, seed=cfg.model.seed,
         )
         self.weight_version = 0
         self._decode = functools.lru_cache(maxsize=video_cache)(self._decode_uncached)

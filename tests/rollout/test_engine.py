@@ -15,12 +15,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine(model_dirs):
+    from config.schema import RolloutConfig
     from models.loading import load_processor
     from models.tokenizer import SQR_SLOT_TOKEN
-    from rollout.engine import EngineOptions, PolicyEngine
+    from rollout.engine import PolicyEngine
 
     processor = load_processor(model_dirs[0])
-    eng = PolicyEngine(EngineOptions(model_dir=str(model_dirs[0]), max_model_len=2048),
+    eng = PolicyEngine(str(model_dirs[0]), RolloutConfig(max_model_len=2048),
                        processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN), 8)
     yield eng, processor
     eng.shutdown()
