@@ -97,9 +97,9 @@ def models_tiny(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
     from models.tiny import build_tiny_models
 
     cfg = _cfg(config, overrides)
-    dirs = build_tiny_models(cfg.paths.model_cache, max_pixels=cfg.video.max_pixels,
-                             max_frames=cfg.video.max_frames, soft_tokens=cfg.sqr.num_tokens,
-                             seed=cfg.model.seed, force=force)
+    dirs = build_tiny_models(cfg.paths.model_cache, video=cfg.video,
+                             pretrain=cfg.model.tiny_embedder_pretrain,
+                             soft_tokens=cfg.sqr.num_tokens, seed=cfg.model.seed, force=force)
     console.print(f"policy: {dirs[0]}\nembedder: {dirs[1]}")
 
 

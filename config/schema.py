@@ -39,6 +39,19 @@ class PathsConfig:
 
 
 @dataclass
+class TinyEmbedderPretrainConfig:
+    """Contrastive pretraining of the tiny embedder, standing in for the web-scale training of
+    the released Qwen3-VL-Embedding: a random embedder retrieves one hub video for every
+    query. It uses its own synthetic corpus (seed + 1000), never a run's corpus."""
+
+    steps: int = 200
+    num_videos: int = 256
+    batch_size: int = 32
+    lr: float = 3.0e-4
+    tau: float = 0.1
+
+
+@dataclass
 class ModelConfig:
     # A local Hugging Face directory, or "tiny" to build (once) and use the tiny model.
     policy: str = "tiny"
@@ -46,6 +59,7 @@ class ModelConfig:
     dtype: str = "float32"
     embed_instruction: str = "Represent the user's input."
     seed: int = 0
+    tiny_embedder_pretrain: TinyEmbedderPretrainConfig = field(default_factory=TinyEmbedderPretrainConfig)
 
 
 @dataclass

@@ -40,9 +40,8 @@ def resolve_model_dirs(cfg: Config) -> tuple[Path, Path]:
     tiny = None
     if "tiny" in (cfg.model.policy, cfg.model.embedder):
         tiny = build_tiny_models(
-            cfg.paths.model_cache, max_pixels=cfg.video.max_pixels,
-            max_frames=cfg.video.max_frames, soft_tokens=cfg.sqr.num_tokens,
-            seed=cfg.model.seed,
+            cfg.paths.model_cache, video=cfg.video, pretrain=cfg.model.tiny_embedder_pretrain,
+            soft_tokens=cfg.sqr.num_tokens, seed=cfg.model.seed,
         )
     policy = tiny[0] if cfg.model.policy == "tiny" else Path(cfg.model.policy)
     embedder = tiny[1] if cfg.model.embedder == "tiny" else Path(cfg.model.embedder)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
+from config.schema import TinyEmbedderPretrainConfig, VideoConfig
 from models.sqr_heads import SQRHeads, SQRHeadsConfig
 from models.tokenizer import CHAT_TEMPLATE, train_tokenizer
 
@@ -32,7 +34,7 @@ POLICY_DIR = "tiny-qwen3vl-policy"
 EMBEDDER_DIR = "tiny-qwen3vl-embedder"
 MANIFEST = "tiny_manifest.json"
 # Bump when the recipe changes so that cached models are rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 def _config(tokenizer, hidden: int, layers: int, vocab: int) -> Qwen3VLConfig:
@@ -94,16 +96,22 @@ def _save(model, processor, directory: Path) -> None:
 
 
 def build_tiny_models(
-    cache_dir: str | Path, *, max_pixels: int = 4096, max_frames: int = 64,
-    soft_tokens: int = 8, seed: int = 0, force: bool = False,
+    cache_dir: str | Path, *, video: VideoConfig | None = None,
+    pretrain: TinyEmbedderPretrainConfig | None = None, soft_tokens: int = 8, seed: int = 0,
+    force: bool = False,
 ) -> tuple[Path, Path]:
-    """Build (once) and return (policy_dir, embedder_dir) under cache_dir."""
+    """Build (once) and return (policy_dir, embedder_dir) under cache_dir.
+
+    The embedder is pretrained contrastively unless `pretrain.steps` is 0 (see
+    retrieval_service.pretrain); its report is kept in the manifest."""
     cache_dir = Path(cache_dir)
-    recipe = dict(version=RECIPE_VERSION, max_pixels=max_pixels, max_frames=max_frames,
+    video = video or VideoConfig()
+    pretrain = pretrain or TinyEmbedderPretrainConfig()
+    recipe = dict(version=RECIPE_VERSION, video=asdict(video), pretrain=asdict(pretrain),
                   soft_tokens=soft_tokens, seed=seed)
     policy_dir, embedder_dir = cache_dir / POLICY_DIR, cache_dir / EMBEDDER_DIR
     manifest = cache_dir / MANIFEST
-    if not force and manifest.is_file() and json.loads(manifest.read_text()) == recipe:
+    if not force and manifest.is_file() and json.loads(manifest.read_text())["recipe"] == recipe:
         return policy_dir, embedder_dir
     for d in (policy_dir, embedder_dir):
         shutil.rmtree(d, ignore_errors=True)
@@ -114,7 +122,7 @@ def build_tiny_models(
     tokenizer = train_tokenizer()
     vocab = 512
     assert len(tokenizer) <= vocab, f"tokenizer grew to {len(tokenizer)} tokens"
-    processor = build_processor(tokenizer, max_pixels, max_frames)
+    processor = build_processor(tokenizer, video.max_pixels, video.max_frames)
 
     policy_cfg = _config(tokenizer, hidden=256, layers=4, vocab=vocab)
     policy = Qwen3VLForConditionalGeneration(policy_cfg).eval()
@@ -128,5 +136,12 @@ def build_tiny_models(
     heads = SQRHeads(SQRHeadsConfig(policy_hidden=256, soft_dim=256, embedder_hidden=128,
                                     num_tokens=soft_tokens))
     heads.save(policy_dir)
-    manifest.write_text(json.dumps(recipe))
+    report = None
+    if pretrain.steps:
+        # Deferred: retrieval_service builds on models (it loads them), not the other way round.
+        from retrieval_service.pretrain import pretrain_embedder
+
+        report = asdict(pretrain_embedder(embedder_dir, cache_dir / "embedder-pretrain-corpus",
+                                          video, pretrain, seed))
+    manifest.write_text(json.dumps(dict(recipe=recipe, embedder_pretrain=report), indent=1))
     return policy_dir, embedder_dir

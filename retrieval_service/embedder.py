@@ -117,6 +117,10 @@ class Embedder:
         """float32 [B, D_emb]; frames come already sampled and sized by corpus.video."""
         if not videos:
             return np.zeros((0, self.dim), np.float32)
+        return self.video_vectors(videos).cpu().numpy()
+
+    def video_vectors(self, videos: list[DecodedVideo]) -> torch.Tensor:
+        """[B, D_emb] float32, differentiable w.r.t. the embedder (pretraining uses it)."""
         prompt = self.processor.apply_chat_template(
             _messages(self.instruction, {"type": "video"}), tokenize=False,
             add_generation_prompt=True)
@@ -126,7 +130,7 @@ class Embedder:
             padding=True, return_tensors="pt").to(self.device)
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.model.dtype)
         out = self.model(**inputs)
-        return self._normalise(out, inputs["attention_mask"]).cpu().numpy()
+        return self._normalise(out, inputs["attention_mask"])
 
     def tokenize_queries(self, texts: list[str], num_slots: int) -> dict[str, torch.Tensor]:
         """Chat-formatted query ids with `num_slots` slot tokens right after each text."""

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from config.schema import TinyEmbedderPretrainConfig, VideoConfig
 from models.loading import ModelNotFoundError, load_embedder, load_policy, load_processor
 from models.sqr_heads import SQRHeads
 from models.tiny import MANIFEST, build_tiny_models
@@ -41,22 +42,29 @@ def test_chat_template_places_video_and_text(model_dirs):
                     "<|im_start|>assistant\n")
 
 
+NO_PRETRAIN = TinyEmbedderPretrainConfig(steps=0)
+SHORT_PRETRAIN = TinyEmbedderPretrainConfig(steps=2, num_videos=16, batch_size=4)
+
+
 def test_build_is_cached_and_rebuilt_on_recipe_change(tmp_path):
-    first = build_tiny_models(tmp_path, max_frames=8)
+    first = build_tiny_models(tmp_path, video=VideoConfig(max_frames=8), pretrain=NO_PRETRAIN)
     stamp = (first[0] / "model.safetensors").stat().st_mtime_ns
-    again = build_tiny_models(tmp_path, max_frames=8)
+    again = build_tiny_models(tmp_path, video=VideoConfig(max_frames=8), pretrain=NO_PRETRAIN)
     assert again == first and (first[0] / "model.safetensors").stat().st_mtime_ns == stamp
-    build_tiny_models(tmp_path, max_frames=16)
-    assert json.loads((tmp_path / MANIFEST).read_text())["max_frames"] == 16
+    build_tiny_models(tmp_path, video=VideoConfig(max_frames=16), pretrain=NO_PRETRAIN)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["recipe"]["video"]["max_frames"] == 16 and manifest["embedder_pretrain"] is None
 
 
-def test_same_seed_same_weights(tmp_path):
-    a = build_tiny_models(tmp_path / "a", seed=3)
-    b = build_tiny_models(tmp_path / "b", seed=3)
-    ma, _ = load_policy(a[0])
-    mb, _ = load_policy(b[0])
-    for (na, pa), (_, pb) in zip(ma.state_dict().items(), mb.state_dict().items(), strict=True):
-        assert torch.equal(pa, pb), na
+def test_same_seed_same_weights_pretraining_included(tmp_path):
+    a = build_tiny_models(tmp_path / "a", seed=3, pretrain=SHORT_PRETRAIN)
+    b = build_tiny_models(tmp_path / "b", seed=3, pretrain=SHORT_PRETRAIN)
+    for load, i in ((lambda d: load_policy(d)[0], 0), (load_embedder, 1)):
+        ma, mb = load(a[i]), load(b[i])
+        for (na, pa), (_, pb) in zip(ma.state_dict().items(), mb.state_dict().items(), strict=True):
+            assert torch.equal(pa, pb), na
+    report = json.loads((tmp_path / "a" / MANIFEST).read_text())["embedder_pretrain"]
+    assert report["steps"] == 2 and report["heldout_queries"] > 0
 
 
 def test_sqr_heads_round_trip(tmp_path, model_dirs):
