@@ -78,7 +78,8 @@ class QueryEncoderActor:
                heads_version: int = 0) -> np.ndarray:
         if soft_tokens is not None and heads_version != self.heads_version:
             raise StaleHeadsError(f"encoder has heads v{self.heads_version}, query wants v{heads_version}")
-        soft = None if soft_tokens is None else torch.as_tensor(soft_tokens, dtype=torch.float32)
+        # Ray hands arrays over read-only (zero-copy from the object store): copy once.
+        soft = None if soft_tokens is None else torch.tensor(soft_tokens, dtype=torch.float32)
         return self.embedder.encode_queries(texts, soft).cpu().numpy()
 
 

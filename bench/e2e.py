@@ -1,9 +1,6 @@
 """End-to-end GRPO step time of the whole system (rollout, learner, weight sync) on the
-tiny default, with P=4 queries x G=8 samples, as the training job runs it.
-
-TRL is not a dependency of this project, so its GRPOTrainer is not run here; DESIGN.md §6
-records ~8.8 s/step for TRL on a same-size text policy (P=4, G=8, 128-token completions)
-on this machine type, which the summary quotes for reference only.
+tiny default, with P=4 queries x G=8 samples, as the training job runs it. The comparison
+with TRL's GRPOTrainer (on a text workload both can run) is bench/trl_compare.py.
 """
 
 from __future__ import annotations
@@ -17,8 +14,6 @@ import ray
 
 from actors.driver import run as run_job
 from config import load_config
-
-TRL_REFERENCE_S = 8.8  # DESIGN.md §6, not measured in this run
 
 
 def run(results: dict) -> dict:
@@ -37,6 +32,5 @@ def run(results: dict) -> dict:
     results.update({f"grpo_{k}_median": v for k, v in med.items()})
     results["grpo_step_total_seconds_median"] = sum(med.values())
     results["turns_per_episode"] = float(np.mean([h["turns_per_episode"] for h in steps]))
-    results["trl_reference_seconds"] = TRL_REFERENCE_S
     results["workload"] = "P=4 G=8, up to 64 tokens/turn, up to 3 turns, tiny Qwen3-VL + video"
     return results

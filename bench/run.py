@@ -13,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
-SUITES = ["retrieval", "rollout", "learner", "e2e"]
+SUITES = ["retrieval", "rollout", "learner", "e2e", "trl_compare"]
 
 
 def main(only: list[str]) -> int:

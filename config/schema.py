@@ -44,11 +44,16 @@ class TinyEmbedderPretrainConfig:
     the released Qwen3-VL-Embedding: a random embedder retrieves one hub video for every
     query. It uses its own synthetic corpus (seed + 1000), never a run's corpus."""
 
-    steps: int = 200
+    steps: int = 600
     num_videos: int = 256
     batch_size: int = 32
-    lr: float = 3.0e-4
+    # A batch holds this many backgrounds, so most negatives share the positive's background.
+    backgrounds_per_batch: int = 4
+    lr: float = 1.0e-3
+    warmup_steps: int = 50
     tau: float = 0.1
+    # Weight of the attribute probes (colours, background, shape, motion) on both towers.
+    probe_weight: float = 1.0
 
 
 @dataclass

@@ -38,7 +38,7 @@ COLOURS = {
 SHAPES = ("square", "circle", "triangle")
 MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy)
 MIN_SPAN, MAX_SPAN = 2, 6  # seconds
-VERSION = 1  # bump when the rendering changes, so old corpora regenerate
+VERSION = 2  # bump when the rendering changes, so old corpora regenerate
 
 
 @dataclass
@@ -221,7 +221,7 @@ def _masks(side: int) -> dict[str, np.ndarray]:
 def _render(v: Video, cfg: SynthConfig) -> np.ndarray:
     """Frame i shows time i/fps; an event is drawn iff start_s <= i/fps < end_s."""
     size, n = cfg.size, cfg.seconds * cfg.fps
-    side = max(4, round(size / 3))
+    side = max(4, round(size / 2))
     masks = _masks(side)
     frames = np.full((n, size, size, 3), BACKGROUNDS[v.background], np.uint8)
     lo, hi = side / 2, size - side / 2  # centre range that keeps the object inside the frame

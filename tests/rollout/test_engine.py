@@ -174,3 +174,24 @@ def test_reload_weights_changes_greedy_output(engine, model_dirs):
     restored = asyncio.run(eng.generate(ids, None, _greedy(eng, 4)))
     assert after.response_ids != before.response_ids
     assert restored.response_ids == before.response_ids
+
+
+@pytest.mark.parametrize("logger_name", ["vllm.v1.worker.cpu_worker",
+                                         "vllm.model_executor.model_loader.reload.layerwise"])
+def test_known_vllm_noise_is_filtered_but_other_warnings_pass(engine, logger_name):
+    import logging
+
+    from rollout.engine import KNOWN_NOISE
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    log = logging.getLogger(logger_name)
+    log.addHandler(handler)
+    try:
+        for text in KNOWN_NOISE[logger_name]:
+            log.warning("prefix %s suffix", text)
+        log.warning("something else")
+    finally:
+        log.removeHandler(handler)
+    assert [r.getMessage() for r in seen] == ["something else"]

@@ -1,0 +1,25 @@
+"""The TRL comparison of `make bench` at its smallest: both sides run and report step times."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("trl")
+# ~30 s on 2 idle cores, but it starts a vLLM engine and a DeepSpeed learner (see the marker).
+pytestmark = pytest.mark.slow
+
+
+def test_trl_compare_smallest():
+    from bench.trl_compare import run
+
+    results = run({}, prompts=2, group=2, max_tokens=8, steps=2, threads=1)
+    for key in ("trl_grpo_step_seconds_median", "ours_text_grpo_step_seconds_median",
+                "ours_text_generation_seconds_median", "ours_text_learner_seconds_median",
+                "ours_text_sync_seconds_median", "speedup_vs_trl"):
+        assert math.isfinite(results[key]) and results[key] > 0, key
+    assert len(results["trl_step_seconds"]) == len(results["ours_text_step_seconds"]) == 2
+    assert 1 <= results["trl_mean_completion_tokens"] <= 8
+    assert 1 <= results["ours_text_mean_completion_tokens"] <= 8
+    assert "P=2" in results["workload"] and "G=2" in results["workload"]
