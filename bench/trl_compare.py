@@ -292,8 +292,9 @@ def run(results: dict, prompts: int = P, group: int = G, max_tokens: int = MAX_T
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cfg = load_config("cpu_tiny", [f"paths.workdir={work}", f"paths.model_cache={work}/models",
-                                       "model.tiny_embedder_pretrain.steps=0"])
-        policy_dir, _ = resolve_model_dirs(cfg)  # the policy does not depend on the embedder
+                                       "model.tiny_pretrain.embedder.steps=0",
+                                       "model.tiny_pretrain.policy.steps=0"])
+        policy_dir, _ = resolve_model_dirs(cfg)  # speed does not depend on what the weights know
         base = dict(policy_dir=str(policy_dir), model_cache=str(work / "models"), prompts=prompts,
                     group=group, max_tokens=max_tokens, steps=steps, micro_batch=micro_batch,
                     lr=cfg.learner.grpo_lr or cfg.learner.lr, kl_beta=cfg.learner.kl_beta,

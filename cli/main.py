@@ -98,7 +98,7 @@ def models_tiny(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
 
     cfg = _cfg(config, overrides)
     dirs = build_tiny_models(cfg.paths.model_cache, video=cfg.video,
-                             pretrain=cfg.model.tiny_embedder_pretrain,
+                             pretrain=cfg.model.tiny_pretrain,
                              soft_tokens=cfg.sqr.num_tokens, seed=cfg.model.seed, force=force)
     console.print(f"policy: {dirs[0]}\nembedder: {dirs[1]}")
 

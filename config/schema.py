@@ -40,12 +40,7 @@ class PathsConfig:
 
 @dataclass
 class TinyEmbedderPretrainConfig:
-    """Contrastive pretraining of the tiny embedder, standing in for the web-scale training of
-    the released Qwen3-VL-Embedding: a random embedder retrieves one hub video for every
-    query. It uses its own synthetic corpus (seed + 1000), never a run's corpus."""
-
     steps: int = 600
-    num_videos: int = 256
     batch_size: int = 32
     # A batch holds this many backgrounds, so most negatives share the positive's background.
     backgrounds_per_batch: int = 4
@@ -57,6 +52,26 @@ class TinyEmbedderPretrainConfig:
 
 
 @dataclass
+class TinyPolicyPretrainConfig:
+    steps: int = 400
+    batch_size: int = 8
+    lr: float = 1.0e-3
+    warmup_steps: int = 30
+
+
+@dataclass
+class TinyPretrainConfig:
+    """Pretraining of the tiny models, standing in for the web-scale training of the released
+    Qwen3-VL models: random ones see nothing (the embedder retrieves one hub video for every
+    query; the policy cannot tell colours apart). Both learn on a synthetic corpus of their
+    own (model seed + 1000), never a run's corpus; 0 steps leaves a model random."""
+
+    num_videos: int = 256
+    embedder: TinyEmbedderPretrainConfig = field(default_factory=TinyEmbedderPretrainConfig)
+    policy: TinyPolicyPretrainConfig = field(default_factory=TinyPolicyPretrainConfig)
+
+
+@dataclass
 class ModelConfig:
     # A local Hugging Face directory, or "tiny" to build (once) and use the tiny model.
     policy: str = "tiny"
@@ -64,7 +79,7 @@ class ModelConfig:
     dtype: str = "float32"
     embed_instruction: str = "Represent the user's input."
     seed: int = 0
-    tiny_embedder_pretrain: TinyEmbedderPretrainConfig = field(default_factory=TinyEmbedderPretrainConfig)
+    tiny_pretrain: TinyPretrainConfig = field(default_factory=TinyPretrainConfig)
 
 
 @dataclass

@@ -130,6 +130,14 @@ def generate_corpus(cfg: SynthConfig, out_dir: Path, progress: bool = False) -> 
     return _corpus(out_dir, manifest)
 
 
+def scenes_of(corpus: SynthCorpus) -> dict[str, Video]:
+    """video id -> its scene, read back from the manifest."""
+    manifest = json.loads(corpus.manifest_path.read_text())
+    copies = manifest["near_duplicate_of"]
+    return {vid: Video(vid, s["background"], [Event(**e) for e in s["events"]], copies.get(vid))
+            for vid, s in manifest["videos"].items()}
+
+
 def _complete(out_dir: Path, manifest: dict) -> bool:
     names = ["videos.parquet", "queries.parquet", *(f"videos/{v}.mp4" for v in manifest["videos"])]
     return all((out_dir / n).is_file() for n in names)

@@ -40,7 +40,7 @@ def resolve_model_dirs(cfg: Config) -> tuple[Path, Path]:
     tiny = None
     if "tiny" in (cfg.model.policy, cfg.model.embedder):
         tiny = build_tiny_models(
-            cfg.paths.model_cache, video=cfg.video, pretrain=cfg.model.tiny_embedder_pretrain,
+            cfg.paths.model_cache, video=cfg.video, pretrain=cfg.model.tiny_pretrain,
             soft_tokens=cfg.sqr.num_tokens, seed=cfg.model.seed,
         )
     policy = tiny[0] if cfg.model.policy == "tiny" else Path(cfg.model.policy)

@@ -26,7 +26,8 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from config.schema import TinyEmbedderPretrainConfig, VideoConfig
+from config.schema import SynthConfig, TinyPretrainConfig, VideoConfig
+from corpus.synth import generate_corpus
 from models.sqr_heads import SQRHeads, SQRHeadsConfig
 from models.tokenizer import CHAT_TEMPLATE, train_tokenizer
 
@@ -34,7 +35,9 @@ POLICY_DIR = "tiny-qwen3vl-policy"
 EMBEDDER_DIR = "tiny-qwen3vl-embedder"
 MANIFEST = "tiny_manifest.json"
 # Bump when the recipe changes so that cached models are rebuilt.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
+# The tiny models' own pretraining corpus: seed = model seed + this, never a run's corpus.
+PRETRAIN_SEED_OFFSET = 1000
 
 
 def _config(tokenizer, hidden: int, layers: int, vocab: int) -> Qwen3VLConfig:
@@ -97,21 +100,21 @@ def _save(model, processor, directory: Path) -> None:
 
 def build_tiny_models(
     cache_dir: str | Path, *, video: VideoConfig | None = None,
-    pretrain: TinyEmbedderPretrainConfig | None = None, soft_tokens: int = 8, seed: int = 0,
+    pretrain: TinyPretrainConfig | None = None, soft_tokens: int = 8, seed: int = 0,
     force: bool = False,
 ) -> tuple[Path, Path]:
     """Build (once) and return (policy_dir, embedder_dir) under cache_dir.
 
-    The embedder is pretrained contrastively unless `pretrain.steps` is 0 (see
-    retrieval_service.pretrain); its report is kept in the manifest."""
+    Both models are then pretrained on a synthetic corpus of their own (config.schema's
+    TinyPretrainConfig says why); the reports are kept in the manifest."""
     cache_dir = Path(cache_dir)
     video = video or VideoConfig()
-    pretrain = pretrain or TinyEmbedderPretrainConfig()
+    pretrain = pretrain or TinyPretrainConfig()
     recipe = dict(version=RECIPE_VERSION, video=asdict(video), pretrain=asdict(pretrain),
                   soft_tokens=soft_tokens, seed=seed)
     policy_dir, embedder_dir = cache_dir / POLICY_DIR, cache_dir / EMBEDDER_DIR
     manifest = cache_dir / MANIFEST
-    if not force and manifest.is_file() and json.loads(manifest.read_text())["recipe"] == recipe:
+    if not force and manifest.is_file() and json.loads(manifest.read_text()).get("recipe") == recipe:
         return policy_dir, embedder_dir
     for d in (policy_dir, embedder_dir):
         shutil.rmtree(d, ignore_errors=True)
@@ -136,12 +139,27 @@ def build_tiny_models(
     heads = SQRHeads(SQRHeadsConfig(policy_hidden=256, soft_dim=256, embedder_hidden=128,
                                     num_tokens=soft_tokens))
     heads.save(policy_dir)
-    report = None
-    if pretrain.steps:
-        # Deferred: retrieval_service builds on models (it loads them), not the other way round.
-        from retrieval_service.pretrain import pretrain_embedder
-
-        report = asdict(pretrain_embedder(embedder_dir, cache_dir / "embedder-pretrain-corpus",
-                                          video, pretrain, seed))
-    manifest.write_text(json.dumps(dict(recipe=recipe, embedder_pretrain=report), indent=1))
+    reports = _pretrain(cache_dir, policy_dir, embedder_dir, video, pretrain, seed)
+    manifest.write_text(json.dumps(dict(recipe=recipe, pretrain=reports), indent=1))
     return policy_dir, embedder_dir
+
+
+def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: VideoConfig,
+              pretrain: TinyPretrainConfig, seed: int) -> dict:
+    steps = {"embedder": pretrain.embedder.steps, "policy": pretrain.policy.steps}
+    if not any(steps.values()):
+        return {}
+    # Deferred: the trainers build on models (they load them), not the other way round.
+    from learner.pretrain import pretrain_policy
+    from retrieval_service.pretrain import pretrain_embedder
+
+    corpus = generate_corpus(SynthConfig(num_videos=pretrain.num_videos,
+                                         seed=seed + PRETRAIN_SEED_OFFSET),
+                             cache_dir / "pretrain-corpus")
+    reports = {}
+    if steps["embedder"]:
+        reports["embedder"] = asdict(pretrain_embedder(embedder_dir, corpus, video,
+                                                       pretrain.embedder, seed))
+    if steps["policy"]:
+        reports["policy"] = asdict(pretrain_policy(policy_dir, corpus, video, pretrain.policy, seed))
+    return reports

@@ -3,8 +3,8 @@ engine worth refining.
 
 The released Qwen3-VL-Embedding is trained on web-scale (text, video) pairs; a tiny model with
 random weights is not: its last-token states share one direction (mean video cosine ~0.97) and
-every query retrieves the same hub video. This trains it on a synthetic corpus of its own
-(another seed, so never the run's corpus) into a weak but real retriever, which leaves the
+every query retrieves the same hub video. This trains it on the tiny models' own synthetic
+corpus (another seed, never the run's corpus) into a weak but real retriever, which leaves the
 verification and refinement the policy learns something to fix.
 
 InfoNCE alone learns the background (every video token carries it) and then sits on that
@@ -17,7 +17,6 @@ negatives share the positive's background.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +26,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from config.schema import SynthConfig, TinyEmbedderPretrainConfig, VideoConfig
-from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, Event, Video, generate_corpus
+from config.schema import TinyEmbedderPretrainConfig, VideoConfig
+from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, Event, SynthCorpus, Video, scenes_of
 from retrieval_service.embedder import Embedder
-
-SEED_OFFSET = 1000  # the pretraining corpus's seed: model seed + this
 
 
 @dataclass
@@ -94,33 +91,27 @@ def _r1(embedder: Embedder, videos: dict, queries: list[dict]) -> float:
     return float(np.mean([ids[t] == r["video_id"] for t, r in zip(top, queries, strict=True)]))
 
 
-def _scenes(manifest: dict) -> dict[str, Video]:
-    return {vid: Video(vid, s["background"], [Event(**e) for e in s["events"]])
-            for vid, s in manifest["videos"].items()}
-
-
-def pretrain_embedder(embedder_dir: Path, work_dir: Path, video: VideoConfig,
+def pretrain_embedder(embedder_dir: Path, corpus: SynthCorpus, video: VideoConfig,
                       pcfg: TinyEmbedderPretrainConfig, seed: int,
                       progress: bool = True) -> PretrainReport:
     """Trains the embedder saved in embedder_dir in place and saves it back."""
     if pcfg.steps < 1:
         raise ValueError("embedder pretraining needs steps >= 1")
-    corpus = generate_corpus(SynthConfig(num_videos=pcfg.num_videos, seed=seed + SEED_OFFSET), work_dir)
     rows = pq.read_table(corpus.videos_path).to_pylist()
     queries = pq.read_table(corpus.queries_path).to_pylist()
-    scenes = _scenes(json.loads(corpus.manifest_path.read_text()))
+    scenes = scenes_of(corpus)
     embedder = Embedder(embedder_dir, video=video)
-    decoded = {r["video_id"]: embedder.decode(work_dir / r["path"]) for r in rows}
+    decoded = {r["video_id"]: embedder.decode(corpus.out_dir / r["path"]) for r in rows}
     heldout = [q for q in queries if q["split"] == "test"]
     held_ids = {q["video_id"] for q in queries if q["split"] == "test"}
     by_background: dict[str, list[str]] = {}
     for vid in sorted(scenes):
         if vid not in held_ids:
             by_background.setdefault(scenes[vid].background, []).append(vid)
-    per_bg = pcfg.batch_size // pcfg.backgrounds_per_batch
-    if not heldout or len(by_background) < pcfg.backgrounds_per_batch or per_bg < 1 or \
-            min(len(v) for v in by_background.values()) < per_bg:
-        raise ValueError(f"embedder pretraining: {pcfg.num_videos} videos are too few for batches of "
+    per_bg = max(1, pcfg.batch_size // pcfg.backgrounds_per_batch)
+    by_background = {bg: vids for bg, vids in by_background.items() if len(vids) >= per_bg}
+    if not heldout or len(by_background) < pcfg.backgrounds_per_batch:
+        raise ValueError(f"embedder pretraining: {corpus.num_videos} videos are too few for batches of "
                          f"{pcfg.backgrounds_per_batch} backgrounds x {per_bg} videos plus a test split")
 
     before = _r1(embedder, {v: decoded[v] for v in held_ids}, heldout)

@@ -66,9 +66,12 @@ def hf_video_inputs(processor, video: DecodedVideo) -> dict[str, torch.Tensor]:
 
 def hf_turn_inputs(processor, query: str, video: DecodedVideo) -> dict[str, torch.Tensor]:
     """A whole verification prompt for transformers, placeholders expanded."""
+    return hf_prompt_inputs(processor, verification_messages(query), video)
+
+
+def hf_prompt_inputs(processor, messages: list[dict], video: DecodedVideo) -> dict[str, torch.Tensor]:
     frames, meta = _frames_and_metadata(video)
-    text = processor.apply_chat_template(verification_messages(query),
-                                         add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return dict(processor(text=[text], videos=[frames], video_metadata=[VideoMetadata(**meta)],
                           do_sample_frames=False, return_tensors="pt"))
 

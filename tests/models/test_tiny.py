@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from config.schema import TinyEmbedderPretrainConfig, VideoConfig
+from config.schema import (TinyEmbedderPretrainConfig, TinyPolicyPretrainConfig, TinyPretrainConfig,
+                           VideoConfig)
 from models.loading import ModelNotFoundError, load_embedder, load_policy, load_processor
 from models.sqr_heads import SQRHeads
 from models.tiny import MANIFEST, build_tiny_models
@@ -42,8 +43,11 @@ def test_chat_template_places_video_and_text(model_dirs):
                     "<|im_start|>assistant\n")
 
 
-NO_PRETRAIN = TinyEmbedderPretrainConfig(steps=0)
-SHORT_PRETRAIN = TinyEmbedderPretrainConfig(steps=2, num_videos=16, batch_size=4)
+NO_PRETRAIN = TinyPretrainConfig(embedder=TinyEmbedderPretrainConfig(steps=0),
+                                 policy=TinyPolicyPretrainConfig(steps=0))
+SHORT_PRETRAIN = TinyPretrainConfig(
+    num_videos=32, embedder=TinyEmbedderPretrainConfig(steps=2, batch_size=4, backgrounds_per_batch=2),
+    policy=TinyPolicyPretrainConfig(steps=2, batch_size=2))
 
 
 def test_build_is_cached_and_rebuilt_on_recipe_change(tmp_path):
@@ -53,7 +57,7 @@ def test_build_is_cached_and_rebuilt_on_recipe_change(tmp_path):
     assert again == first and (first[0] / "model.safetensors").stat().st_mtime_ns == stamp
     build_tiny_models(tmp_path, video=VideoConfig(max_frames=16), pretrain=NO_PRETRAIN)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    assert manifest["recipe"]["video"]["max_frames"] == 16 and manifest["embedder_pretrain"] is None
+    assert manifest["recipe"]["video"]["max_frames"] == 16 and manifest["pretrain"] == {}
 
 
 def test_same_seed_same_weights_pretraining_included(tmp_path):
@@ -63,8 +67,9 @@ def test_same_seed_same_weights_pretraining_included(tmp_path):
         ma, mb = load(a[i]), load(b[i])
         for (na, pa), (_, pb) in zip(ma.state_dict().items(), mb.state_dict().items(), strict=True):
             assert torch.equal(pa, pb), na
-    report = json.loads((tmp_path / "a" / MANIFEST).read_text())["embedder_pretrain"]
-    assert report["steps"] == 2 and report["heldout_queries"] > 0
+    reports = json.loads((tmp_path / "a" / MANIFEST).read_text())["pretrain"]
+    assert reports["embedder"]["steps"] == reports["policy"]["steps"] == 2
+    assert reports["embedder"]["heldout_queries"] > 0 and reports["policy"]["heldout_videos"] > 0
 
 
 def test_sqr_heads_round_trip(tmp_path, model_dirs):

@@ -5,7 +5,8 @@ import torch
 
 from config.schema import TinyEmbedderPretrainConfig, VideoConfig
 from models.tiny import MANIFEST
-from retrieval_service.pretrain import pretrain_embedder, symmetric_info_nce
+from corpus.synth import Event, Video
+from retrieval_service.pretrain import AttributeProbes, pretrain_embedder, symmetric_info_nce
 
 
 def test_symmetric_info_nce_rewards_aligned_pairs():
@@ -30,3 +31,28 @@ def test_session_embedder_was_pretrained_into_a_real_retriever(cfg, model_dirs):
 def test_pretraining_needs_steps(tmp_path, model_dirs):
     with pytest.raises(ValueError, match="steps >= 1"):
         pretrain_embedder(model_dirs[1], tmp_path, VideoConfig(), TinyEmbedderPretrainConfig(steps=0), 0)
+
+
+def test_pretraining_rejects_a_corpus_too_small_for_its_batches(tmp_path, model_dirs):
+    pcfg = TinyEmbedderPretrainConfig(steps=1, num_videos=16, batch_size=64, backgrounds_per_batch=8)
+    with pytest.raises(ValueError, match="too few"):
+        pretrain_embedder(model_dirs[1], tmp_path, VideoConfig(), pcfg, 0)
+
+
+def test_attribute_probes_learn_the_scene_from_separable_vectors():
+    """The probes read colours shown, background, and the query's colour/shape/motion."""
+    torch.manual_seed(0)
+    scenes = [Video("a", "navy", [Event("red", "circle", "left", 0, 2, 0.5),
+                                  Event("blue", "square", "up", 3, 5, 0.5)]),
+              Video("b", "black", [Event("green", "triangle", "down", 0, 2, 0.5)])]
+    events = [scenes[0].events[1], scenes[1].events[0]]
+    videos, queries = torch.eye(2, 8) * 3, torch.eye(2, 8).flip(0) * 3
+    probes = AttributeProbes(8)
+    opt = torch.optim.Adam(probes.parameters(), lr=0.1)
+    first = probes.loss(videos, queries, scenes, events).item()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = probes.loss(videos, queries, scenes, events)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * first
