@@ -4,8 +4,8 @@ Qwen3-VL-2B-Instruct, which already sees colours, shapes and moments in a video.
 A random tiny policy does not, and the cold-start SFT (a hundred-odd examples, vision tower
 frozen as in production) cannot teach it to: it learns the answer format and a prior. Here it
 learns to describe the tiny models' own synthetic videos (never the run's corpus) event by
-event with their times, in the very sentence the SFT reasoning uses ("The video shows ... from
-S to E seconds."), vision tower included. The SQR heads are not touched.
+event with their times, in the very sentence the SFT reasoning starts with ("The video shows
+... from S to E seconds."), vision tower included. The SQR heads are not touched.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from corpus.synth import SynthCorpus, Video, scenes_of
 from corpus.video import decode_video
 from learner.batch import Row, collate
 from learner.losses import sft_token_loss
-from learner.sft_data import reasoning
+from learner.sft_data import moment_sentence
 from models.loading import load_policy, load_processor
 from rollout.prompts import hf_prompt_inputs
 
@@ -42,7 +42,7 @@ class PolicyPretrainReport:
 
 def caption(scene: Video) -> str:
     """The scene's events in time order, each as the SFT's 'matched' reasoning sentence."""
-    return " ".join(reasoning(scene.describe(e), "matched", e.start_s, e.end_s)
+    return " ".join(moment_sentence(scene.describe(e), e.start_s, e.end_s)
                     for e in sorted(scene.events, key=lambda e: e.start_s))
 
 

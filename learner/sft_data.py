@@ -2,10 +2,18 @@
 the ground-truth video (target: matched, with the ground-truth span) and one whose top-1 is a
 wrong video (target: not_matched, then the soft tokens must find the right one).
 
-The wrong top-1 is the best-ranked wrong video of the unrefined query's search (what the agent
-would really have been shown), falling back to a random one. InfoNCE negatives follow the
-rollout's order: the wrongly shown top-1, then hard negatives from the top-k pool, then random
-fill from the rest of the corpus. Video vectors are constants (the index's embeddings).
+The reasoning first says what the shown video contains (its annotated training moments, in
+time order, in the sentence the pretrained policy describes videos with), then the verdict:
+which of them is the query, or none. A bare "shows / does not show" verdict puts the whole
+decision on one early token, and the tiny policy learnt only a prior from it (VER 50 % on the
+test split); looking first, then comparing, is what the trace teaches instead.
+
+The wrong top-1 shown is the best-ranked wrong *annotated training* video of the unrefined
+query's search (what the agent would really have been shown; only training annotations may
+be written into a target), falling back to the best-ranked wrong video. InfoNCE negatives
+follow the rollout's order: the best-ranked wrong video, then hard negatives from the top-k
+pool, then random fill from the rest of the corpus. Video vectors are constants (the index's
+embeddings).
 """
 
 from __future__ import annotations
@@ -29,10 +37,17 @@ class SFTExample:
     negatives: np.ndarray  # [K, D_emb]
 
 
-def reasoning(query: str, answer: str, start: float, end: float) -> str:
-    if answer == "matched":
-        return f"The video shows {query} from {start:g} to {end:g} seconds."
-    return f"The video does not show {query}."
+def moment_sentence(text: str, start: float, end: float) -> str:
+    return f"The video shows {text} from {start:g} to {end:g} seconds."
+
+
+def reasoning(moments: list[tuple[str, float, float]], answer: str, start: float | None = None,
+              end: float | None = None) -> str:
+    """`moments`: (text, start, end) annotated in the shown video; the verdict names the span."""
+    seen = [moment_sentence(*m) for m in sorted(moments, key=lambda m: (m[1], m[2]))]
+    verdict = (f"The query is the moment from {start:g} to {end:g} seconds." if answer == "matched"
+               else "None of them is the query.")
+    return " ".join([*seen, verdict])
 
 
 def _negatives(gt: str, ranked: list[str], pool: list[str], k: int,
@@ -48,13 +63,19 @@ def _negatives(gt: str, ranked: list[str], pool: list[str], k: int,
 
 def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
                        vectors: dict[str, np.ndarray], topk: dict[str, list[str]],
-                       num_negatives: int, seed: int) -> list[SFTExample]:
-    """`queries`: rows of the query table; `topk`: query_id -> video ids the unrefined query
-    retrieved, best first. Returns matched and not-matched examples, shuffled (seeded)."""
+                       num_negatives: int, seed: int,
+                       annotated: list[dict] | None = None) -> list[SFTExample]:
+    """`queries`: rows of the query table to make examples of; `annotated`: the training rows
+    whose moments the reasoning may describe (default: `queries`); `topk`: query_id -> video
+    ids the unrefined query retrieved, best first. Returns matched and not-matched examples,
+    shuffled (seeded)."""
     if num_negatives < 1:
         raise ValueError("the not-matched example shows a negative: num_negatives must be >= 1")
     rng = np.random.default_rng(seed)
     pool = sorted(v for v in video_paths if v in vectors)
+    moments: dict[str, list[tuple[str, float, float]]] = {}
+    for r in annotated if annotated is not None else queries:
+        moments.setdefault(r["video_id"], []).append((r["text"], r["start_s"], r["end_s"]))
     out = []
     for q in queries:
         gt, qid = q["video_id"], q["query_id"]
@@ -64,9 +85,10 @@ def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
         negs = _negatives(gt, ranked, pool, num_negatives, rng)
         neg_vecs = np.stack([vectors[v] for v in negs]).astype(np.float32)
         pos = np.asarray(vectors[gt], np.float32)
-        for answer, shown in (("matched", gt), ("not_matched", negs[0])):
+        wrong = next((v for v in [*ranked, *negs] if v != gt and v in moments), negs[0])
+        for answer, shown in (("matched", gt), ("not_matched", wrong)):
             span = (q["start_s"], q["end_s"]) if answer == "matched" else (None, None)
-            think = reasoning(q["text"], answer, q["start_s"], q["end_s"])
+            think = reasoning(moments.get(shown, []), answer, *span)
             out.append(SFTExample(qid, q["text"], shown, video_paths[shown], answer,
                                   format_response(answer, think, *span), pos, neg_vecs))
     return [out[i] for i in rng.permutation(len(out))]

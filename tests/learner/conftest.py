@@ -80,4 +80,4 @@ def sft_examples(learner_cfg, model_dirs, corpus_rows):
                for vid, x in ((vid, rng.normal(size=dim)) for vid in sorted(paths))}
     topk = {q["query_id"]: sorted(paths)[:5] for q in queries[:2]}
     return build_sft_examples(queries[:2], paths, vectors, topk, learner_cfg.learner.infonce_negatives,
-                              seed=0)
+                              seed=0, annotated=queries)

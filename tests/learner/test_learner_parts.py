@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,31 @@ def test_a_large_logprob_mismatch_is_a_warning(caplog):
     assert "mismatch 0.2000 > 0.0500" in caplog.text
 
 
+def test_reasoning_describes_the_shown_video_then_gives_the_verdict():
+    from learner.sft_data import reasoning
+
+    moments = [("a red circle", 5.0, 9.0), ("a blue square", 0.0, 3.0)]
+    assert reasoning(moments, "matched", 5.0, 9.0) == (
+        "The video shows a blue square from 0 to 3 seconds. The video shows a red circle from 5 "
+        "to 9 seconds. The query is the moment from 5 to 9 seconds.")
+    assert reasoning(moments[:1], "not_matched") == (
+        "The video shows a red circle from 5 to 9 seconds. None of them is the query.")
+    assert reasoning([], "not_matched") == "None of them is the query."
+
+
+def test_sft_reasoning_uses_only_the_annotations_it_is_given(learner_cfg, corpus_rows):
+    """Moments of videos outside `annotated` (e.g. test videos) never enter a target."""
+    queries, paths = corpus_rows
+    q = queries[0]
+    other = next(r for r in queries if r["video_id"] != q["video_id"])
+    vectors = {v: np.full(4, 0.5, np.float32) for v in paths}
+    examples = build_sft_examples([q], paths, vectors, {q["query_id"]: [other["video_id"]]},
+                                  learner_cfg.learner.infonce_negatives, 0, annotated=[q])
+    wrong = next(e for e in examples if e.answer == "not_matched")
+    assert wrong.video_id == other["video_id"] and other["text"] not in wrong.target
+    assert "None of them is the query." in wrong.target
+
+
 def test_sft_examples_pair_matched_and_not_matched_turns(learner_cfg, sft_examples, corpus_rows):
     queries, paths = corpus_rows
     k = learner_cfg.learner.infonce_negatives
@@ -106,8 +132,10 @@ def test_sft_examples_pair_matched_and_not_matched_turns(learner_cfg, sft_exampl
         parsed = parse_response(matched.target)
         assert parsed.well_formed and (parsed.start, parsed.end) == (q["start_s"], q["end_s"])
         assert parse_response(wrong.target).well_formed and not parse_response(wrong.target).matched
-        # the wrongly shown top-1 is the best-ranked wrong video and the first negative
-        assert wrong.video_id == next(v for v in sorted(paths)[:5] if v != q["video_id"])
+        # the wrongly shown top-1 is the best-ranked wrong annotated video; the best-ranked
+        # wrong video leads the negatives
+        annotated = {r["video_id"] for r in queries}
+        assert wrong.video_id == next(v for v in sorted(paths)[:5] if v != q["video_id"] and v in annotated)
         assert wrong.negatives.shape == (k, wrong.positive.shape[0])
         cos = wrong.negatives @ wrong.positive
         assert (cos < 0.999).all(), "the ground truth is never a negative"

@@ -22,21 +22,21 @@ def test_symmetric_info_nce_rewards_aligned_pairs():
 
 def test_session_embedder_was_pretrained_into_a_real_retriever(cfg, model_dirs):
     """The held-out numbers the README quotes: from near chance to a weak real retriever."""
-    report = json.loads((model_dirs[1].parent / MANIFEST).read_text())["embedder_pretrain"]
-    assert report["steps"] == cfg.model.tiny_embedder_pretrain.steps
+    report = json.loads((model_dirs[1].parent / MANIFEST).read_text())["pretrain"]["embedder"]
+    assert report["steps"] == cfg.model.tiny_pretrain.embedder.steps
     assert report["last_loss"] < report["first_loss"]
     assert report["heldout_r1_after"] >= report["heldout_r1_before"] + 0.1
 
 
-def test_pretraining_needs_steps(tmp_path, model_dirs):
+def test_pretraining_needs_steps(synth, model_dirs):
     with pytest.raises(ValueError, match="steps >= 1"):
-        pretrain_embedder(model_dirs[1], tmp_path, VideoConfig(), TinyEmbedderPretrainConfig(steps=0), 0)
+        pretrain_embedder(model_dirs[1], synth, VideoConfig(), TinyEmbedderPretrainConfig(steps=0), 0)
 
 
-def test_pretraining_rejects_a_corpus_too_small_for_its_batches(tmp_path, model_dirs):
-    pcfg = TinyEmbedderPretrainConfig(steps=1, num_videos=16, batch_size=64, backgrounds_per_batch=8)
+def test_pretraining_rejects_a_corpus_too_small_for_its_batches(synth, model_dirs):
+    pcfg = TinyEmbedderPretrainConfig(steps=1, batch_size=64, backgrounds_per_batch=8)
     with pytest.raises(ValueError, match="too few"):
-        pretrain_embedder(model_dirs[1], tmp_path, VideoConfig(), pcfg, 0)
+        pretrain_embedder(model_dirs[1], synth, VideoConfig(), pcfg, 0)
 
 
 def test_attribute_probes_learn_the_scene_from_separable_vectors():

@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from config.schema import TinyPolicyPretrainConfig, VideoConfig
+from corpus.synth import Event, Video, scenes_of
+from corpus.video import decode_video
+from learner.pretrain import caption, caption_row, pretrain_policy
+from learner.sft_data import moment_sentence
+from models.loading import load_processor
+from models.tiny import MANIFEST
+
+
+def test_caption_lists_events_in_time_order_in_the_sft_sentence():
+    scene = Video("v", "navy", [Event("red", "circle", "left", 5, 9, 0.5),
+                                Event("blue", "square", "up", 0, 3, 0.5)])
+    assert caption(scene) == (
+        "The video shows a blue square moves up on a navy background from 0 to 3 seconds. "
+        "The video shows a red circle moves left on a navy background from 5 to 9 seconds.")
+    assert caption(scene).startswith(moment_sentence(scene.describe(scene.events[1]), 0, 3))
+
+
+def test_caption_row_learns_only_the_caption(model_dirs, synth, cfg):
+    processor = load_processor(model_dirs[0])
+    scene = scenes_of(synth)["synth_0000"]
+    v = cfg.video
+    frames = decode_video(synth.out_dir / "videos" / "synth_0000.mp4", v.fps, v.max_frames,
+                          v.max_pixels, v.min_pixels)
+    row = caption_row(processor, scene, frames)
+    learned = [t for t, m in zip(row.ids, row.mask, strict=True) if m]
+    assert processor.tokenizer.decode(learned) == caption(scene) + "<|im_end|>"
+    video_pad = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert row.ids.count(video_pad) == int(row.video["video_grid_thw"].prod()) // 4
+    assert all(m == 0 for t, m in zip(row.ids, row.mask, strict=True) if t == video_pad)
+
+
+def test_session_policy_was_pretrained(cfg, model_dirs):
+    report = json.loads((model_dirs[0].parent / MANIFEST).read_text())["pretrain"]["policy"]
+    assert report["steps"] == cfg.model.tiny_pretrain.policy.steps
+    assert report["heldout_loss_after"] < report["heldout_loss_before"] / 5
+
+
+def test_policy_pretraining_needs_steps_and_enough_videos(model_dirs, synth):
+    with pytest.raises(ValueError, match="steps >= 1"):
+        pretrain_policy(model_dirs[0], synth, VideoConfig(), TinyPolicyPretrainConfig(steps=0), 0)
+    with pytest.raises(ValueError, match="too few"):
+        pretrain_policy(model_dirs[0], synth, VideoConfig(), TinyPolicyPretrainConfig(batch_size=500), 0)
