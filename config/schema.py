@@ -53,7 +53,7 @@ class TinyEmbedderPretrainConfig:
 
 @dataclass
 class TinyPolicyPretrainConfig:
-    steps: int = 400
+    steps: int = 800
     batch_size: int = 8
     lr: float = 1.0e-3
     warmup_steps: int = 30
