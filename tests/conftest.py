@@ -24,11 +24,11 @@ def cfg(workdir):
     tiny-model pretraining (enough to leave random weights behind, tested; `make train`
     pretrains fully) and shorter completions, to keep `make test` inside its time budget."""
     from config import load_config
+    from tests.overrides import TEST_MODELS
 
     return load_config("cpu_tiny", [
         f"paths.workdir={workdir}", f"paths.model_cache={workdir / 'models'}",
-        "model.tiny_pretrain.num_videos=128", "model.tiny_pretrain.embedder.steps=150",
-        "model.tiny_pretrain.policy.steps=60", "rollout.sampling.max_tokens=96",
+        *TEST_MODELS, "rollout.sampling.max_tokens=96",
     ])
 
 

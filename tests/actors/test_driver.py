@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from tests.overrides import TEST_MODELS
+
 pytestmark = pytest.mark.slow
 
 SHORT = [
@@ -25,7 +27,7 @@ SHORT = [
     "train.grpo_steps=2", "train.queries_per_step=2", "learner.micro_batch_size=4",
     "learner.checkpoint_every=1", "learner.infonce_negatives=3", "retrieval.topk=5",
     "learner.kl_beta=0.0",
-]
+] + TEST_MODELS
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def short_cfg(tmp_path_factory, cfg):
 
     work = tmp_path_factory.mktemp("job")
     return load_config("cpu_tiny", SHORT + [f"paths.workdir={work}",
-                                            f"paths.model_cache={cfg.paths.model_cache}"])
+                                            f"paths.model_cache={cfg.paths.model_cache}-short"])
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import ray
 
+from tests.overrides import TEST_MODELS
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -23,7 +25,7 @@ SHORT = [
     "rollout.max_turns=2", "rollout.sampling.max_tokens=24", "train.sft_steps=2",
     "train.grpo_steps=1", "train.queries_per_step=2", "learner.micro_batch_size=4",
     "learner.infonce_negatives=3", "retrieval.topk=5",
-]
+] + TEST_MODELS
 
 
 def _free_port() -> int:
@@ -49,7 +51,7 @@ def test_job_submit_runs_all_stages_and_exports_metrics(head, tmp_path, cfg):
     env, ports = head
     address = f"http://127.0.0.1:{ports['dashboard']}"
     overrides = SHORT + [f"paths.workdir={tmp_path / 'job'}",
-                         f"paths.model_cache={cfg.paths.model_cache}"]
+                         f"paths.model_cache={cfg.paths.model_cache}-short"]
     unauthenticated = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN",)}
     denied = subprocess.run([RAY, "job", "list", "--address", address], env=unauthenticated,
                             capture_output=True, text=True, cwd=ROOT)
