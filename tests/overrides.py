@@ -3,5 +3,6 @@ submit) find the session's tiny models in the cache instead of rebuilding them (
 recipe includes the pretraining settings). Jobs with other video settings get a cache of
 their own: the recipe includes the video config too."""
 
-TEST_MODELS = ["model.tiny_pretrain.num_videos=128", "model.tiny_pretrain.embedder.steps=150",
-               "model.tiny_pretrain.policy.steps=60"]
+# Random tiny models: the engine/learner tests compare exact numbers on them; the pretrainers
+# are tested on their own (tests/*/test_pretrain.py).
+TEST_MODELS = ["model.tiny_pretrain.embedder.steps=0", "model.tiny_pretrain.policy.steps=0"]

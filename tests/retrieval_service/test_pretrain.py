@@ -1,10 +1,7 @@
-import json
-
 import pytest
 import torch
 
 from config.schema import TinyEmbedderPretrainConfig, VideoConfig
-from models.tiny import MANIFEST
 from corpus.synth import Event, Video
 from retrieval_service.pretrain import AttributeProbes, pretrain_embedder, symmetric_info_nce
 
@@ -20,12 +17,16 @@ def test_symmetric_info_nce_rewards_aligned_pairs():
     assert aligned < shuffled
 
 
-def test_session_embedder_was_pretrained_into_a_real_retriever(cfg, model_dirs):
-    """The held-out numbers the README quotes: from near chance to a weak real retriever."""
-    report = json.loads((model_dirs[1].parent / MANIFEST).read_text())["pretrain"]["embedder"]
-    assert report["steps"] == cfg.model.tiny_pretrain.embedder.steps
-    assert report["last_loss"] < report["first_loss"]
-    assert report["heldout_r1_after"] >= report["heldout_r1_before"] + 0.1
+def test_a_short_pretraining_lowers_the_loss_and_saves_the_embedder(synth, model_dirs, tmp_path):
+    import shutil
+
+    embedder_dir = tmp_path / "embedder"
+    shutil.copytree(model_dirs[1], embedder_dir)
+    pcfg = TinyEmbedderPretrainConfig(steps=20, batch_size=8, backgrounds_per_batch=2)
+    report = pretrain_embedder(embedder_dir, synth, VideoConfig(max_frames=8), pcfg, 0, progress=False)
+    assert report.steps == 20 and report.heldout_queries > 0
+    assert report.last_loss < report.first_loss
+    assert (embedder_dir / "model.safetensors").stat().st_mtime > (model_dirs[1] / "model.safetensors").stat().st_mtime
 
 
 def test_pretraining_needs_steps(synth, model_dirs):
