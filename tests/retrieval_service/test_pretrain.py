@@ -22,9 +22,9 @@ def test_a_short_pretraining_lowers_the_loss_and_saves_the_embedder(synth, model
 
     embedder_dir = tmp_path / "embedder"
     shutil.copytree(model_dirs[1], embedder_dir)
-    pcfg = TinyEmbedderPretrainConfig(steps=20, batch_size=8, backgrounds_per_batch=2)
+    pcfg = TinyEmbedderPretrainConfig(steps=40, batch_size=8, backgrounds_per_batch=2, warmup_steps=5)
     report = pretrain_embedder(embedder_dir, synth, VideoConfig(max_frames=8), pcfg, 0, progress=False)
-    assert report.steps == 20 and report.heldout_queries > 0
+    assert report.steps == 40 and report.heldout_queries > 0
     assert report.last_loss < report.first_loss
     assert (embedder_dir / "model.safetensors").stat().st_mtime > (model_dirs[1] / "model.safetensors").stat().st_mtime
 
