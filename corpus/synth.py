@@ -38,7 +38,7 @@ COLOURS = {
 SHAPES = ("square", "circle", "triangle")
 MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy)
 MIN_SPAN, MAX_SPAN = 2, 6  # seconds
-VERSION = 2  # bump when the rendering changes, so old corpora regenerate
+VERSION = 3  # bump when the rendering changes, so old corpora regenerate
 
 
 @dataclass
@@ -121,8 +121,8 @@ def generate_corpus(cfg: SynthConfig, out_dir: Path, progress: bool = False) -> 
     manifest = _manifest(cfg) | {
         "num_queries": len(query_rows),
         "near_duplicate_of": {v.video_id: v.near_duplicate_of for v in videos if v.near_duplicate_of},
-        "videos": {v.video_id: {"background": v.background, "events": [asdict(e) for e in v.events]}
-                   for v in videos},
+        "videos": {v.video_id: {"background": v.background, "events": [asdict(e) for e in v.events],
+                                "split": splits[v.video_id]} for v in videos},
     }
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -136,6 +136,11 @@ def scenes_of(corpus: SynthCorpus) -> dict[str, Video]:
     copies = manifest["near_duplicate_of"]
     return {vid: Video(vid, s["background"], [Event(**e) for e in s["events"]], copies.get(vid))
             for vid, s in manifest["videos"].items()}
+
+
+def splits_of(corpus: SynthCorpus) -> dict[str, str]:
+    """video id -> train | val | test, also for videos no query is asked about."""
+    return {vid: s["split"] for vid, s in json.loads(corpus.manifest_path.read_text())["videos"].items()}
 
 
 def _complete(out_dir: Path, manifest: dict) -> bool:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from config.schema import TinyPolicyPretrainConfig, VideoConfig
-from corpus.synth import SynthCorpus, Video, scenes_of
+from corpus.synth import SynthCorpus, Video, scenes_of, splits_of
 from corpus.video import decode_video
 from learner.batch import Row, collate
 from learner.losses import sft_token_loss
@@ -66,7 +66,7 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     model, _ = load_policy(policy_dir)
     merge = model.config.vision_config.spatial_merge_size
     scenes = scenes_of(corpus)
-    split = {r["video_id"]: r["split"] for r in pq.read_table(corpus.queries_path).to_pylist()}
+    split = splits_of(corpus)
     rows = {}
     for r in pq.read_table(corpus.videos_path).to_pylist():
         frames = decode_video(corpus.out_dir / r["path"], video.fps, video.max_frames,

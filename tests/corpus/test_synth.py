@@ -8,7 +8,7 @@ import pytest
 
 from config.schema import SynthConfig
 from corpus.schema import QUERY_SCHEMA, VIDEO_SCHEMA
-from corpus.synth import BACKGROUNDS, COLOURS, generate_corpus
+from corpus.synth import BACKGROUNDS, COLOURS, generate_corpus, splits_of
 from corpus.video import decode_video, probe_video
 
 CFG = SynthConfig()
@@ -120,6 +120,18 @@ def test_splits(corpus, queries):
     assert set(counts) == {"train", "val", "test"}
     assert 0.6 <= counts["train"] / len(split_of) <= 0.8
     assert all(split_of[c] == split_of[o] for c, o in corpus.near_duplicate_of.items())
+    every = splits_of(corpus)  # every video, also those no query asks about
+    assert len(every) == corpus.num_videos and split_of.items() <= every.items()
+
+
+def test_splits_of_videos_without_queries(tmp_path):
+    """Past ~300 videos most descriptions repeat, so most videos have no unique event to ask
+    about; their split still comes from the manifest."""
+    big = generate_corpus(replace(CFG, num_videos=400, seed=3), tmp_path)
+    queried = {q["video_id"] for q in pq.read_table(big.queries_path).to_pylist()}
+    every = splits_of(big)
+    assert len(queried) < len(every) == 400
+    assert Counter(every.values())["test"] == 60
 
 
 def test_pixels_show_events_exactly_in_their_spans(manifest, frames):
