@@ -35,7 +35,7 @@ POLICY_DIR = "tiny-qwen3vl-policy"
 EMBEDDER_DIR = "tiny-qwen3vl-embedder"
 MANIFEST = "tiny_manifest.json"
 # Bump when the recipe changes so that cached models are rebuilt.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 # The tiny models' own pretraining corpus: seed = model seed + this, never a run's corpus.
 PRETRAIN_SEED_OFFSET = 1000
 
@@ -153,13 +153,17 @@ def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: Vide
     from learner.pretrain import pretrain_policy
     from retrieval_service.pretrain import pretrain_embedder
 
-    corpus = generate_corpus(SynthConfig(num_videos=pretrain.num_videos,
-                                         seed=seed + PRETRAIN_SEED_OFFSET),
-                             cache_dir / "pretrain-corpus")
+    def corpus(name: str, num_videos: int, offset: int):
+        return generate_corpus(SynthConfig(num_videos=num_videos, seed=seed + offset),
+                               cache_dir / f"pretrain-corpus-{name}")
+
     reports = {}
     if steps["embedder"]:
-        reports["embedder"] = asdict(pretrain_embedder(embedder_dir, corpus, video,
-                                                       pretrain.embedder, seed))
+        reports["embedder"] = asdict(pretrain_embedder(
+            embedder_dir, corpus("embedder", pretrain.embedder.num_videos, PRETRAIN_SEED_OFFSET),
+            video, pretrain.embedder, seed))
     if steps["policy"]:
-        reports["policy"] = asdict(pretrain_policy(policy_dir, corpus, video, pretrain.policy, seed))
+        reports["policy"] = asdict(pretrain_policy(
+            policy_dir, corpus("policy", pretrain.policy.num_videos, 2 * PRETRAIN_SEED_OFFSET),
+            video, pretrain.policy, seed))
     return reports

@@ -46,8 +46,8 @@ def test_chat_template_places_video_and_text(model_dirs):
 NO_PRETRAIN = TinyPretrainConfig(embedder=TinyEmbedderPretrainConfig(steps=0),
                                  policy=TinyPolicyPretrainConfig(steps=0))
 SHORT_PRETRAIN = TinyPretrainConfig(
-    num_videos=32, embedder=TinyEmbedderPretrainConfig(steps=2, batch_size=4, backgrounds_per_batch=2),
-    policy=TinyPolicyPretrainConfig(steps=2, batch_size=2))
+    embedder=TinyEmbedderPretrainConfig(num_videos=32, steps=2, batch_size=4, backgrounds_per_batch=2),
+    policy=TinyPolicyPretrainConfig(num_videos=32, steps=2, batch_size=2))
 
 
 def test_build_is_cached_and_rebuilt_on_recipe_change(tmp_path):
