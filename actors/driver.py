@@ -99,7 +99,8 @@ def stage_sft(s: Session, state: JobState) -> dict:
     topk = asyncio.run(_topk(s, train, cfg.retrieval.topk))
     rows = [r for r in s.corpus.rows if r["split"] == "train"]
     examples = build_sft_examples(rows, s.corpus.video_paths, vectors, topk,
-                                  cfg.learner.infonce_negatives, cfg.train.seed)
+                                  cfg.learner.infonce_negatives, cfg.train.seed,
+                                  annotated=s.corpus.annotated("train"))
     learner = LearnerGroup(cfg)
     learner.build("sft", s.policy_dir, s.embedder_dir)
     batch = (cfg.learner.micro_batch_size * cfg.learner.grad_accum_steps
@@ -205,13 +206,13 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
 
 def _prepare(cfg: Config) -> Session:
     from config.schema import CorpusSource
-    from corpus.synth import generate_corpus
+    from corpus.synth import generate_corpus, moments_of
 
     work = Path(cfg.paths.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if cfg.corpus.source is CorpusSource.synth:
         synth = generate_corpus(cfg.corpus.synth, work / "corpus", progress=True)
-        corpus = load_corpus(synth.videos_path, synth.queries_path)
+        corpus = load_corpus(synth.videos_path, synth.queries_path, moments_of(synth))
     else:
         corpus = load_corpus(Path(cfg.corpus.video_dir) / "videos.parquet",
                              Path(cfg.corpus.video_dir) / "queries.parquet")

@@ -138,6 +138,15 @@ def scenes_of(corpus: SynthCorpus) -> dict[str, Video]:
             for vid, s in manifest["videos"].items()}
 
 
+def moments_of(corpus: SynthCorpus) -> list[dict]:
+    """Every event of every video as an annotated moment (video_id, text, start_s, end_s,
+    split), also the events no query asks about because their description repeats."""
+    splits = splits_of(corpus)
+    return [dict(video_id=vid, text=v.describe(e), start_s=float(e.start_s), end_s=float(e.end_s),
+                 split=splits[vid])
+            for vid, v in scenes_of(corpus).items() for e in v.events]
+
+
 def splits_of(corpus: SynthCorpus) -> dict[str, str]:
     """video id -> train | val | test, also for videos no query is asked about."""
     return {vid: s["split"] for vid, s in json.loads(corpus.manifest_path.read_text())["videos"].items()}

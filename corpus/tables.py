@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from corpus.schema import read_queries, read_videos
@@ -15,16 +15,25 @@ class CorpusTables:
     queries_path: Path
     video_paths: dict[str, str]  # video_id -> absolute path
     rows: list[dict]  # the query table
+    # Every annotated moment (video_id, text, start_s, end_s, split) where the corpus knows
+    # more than its queries (the synthetic one: every event); None: the queries are all.
+    moments: list[dict] | None = field(default=None)
 
     def queries(self, split: str) -> list[Query]:
         return [Query(r["query_id"], r["text"], r["video_id"], r["start_s"], r["end_s"])
                 for r in self.rows if r["split"] == split]
 
+    def annotated(self, split: str) -> list[dict]:
+        """The moments of a split's videos that training targets may describe."""
+        return [r for r in (self.rows if self.moments is None else self.moments)
+                if r["split"] == split]
+
     def video_path(self, video_id: str) -> str:
         return self.video_paths[video_id]
 
 
-def load_corpus(videos_path: str | Path, queries_path: str | Path) -> CorpusTables:
+def load_corpus(videos_path: str | Path, queries_path: str | Path,
+                moments: list[dict] | None = None) -> CorpusTables:
     """Relative video paths are resolved against the folder of videos.parquet; queries whose
     video is not in the videos table are an error naming them."""
     videos_path, queries_path = Path(videos_path), Path(queries_path)
@@ -36,4 +45,4 @@ def load_corpus(videos_path: str | Path, queries_path: str | Path) -> CorpusTabl
     if missing:
         raise ValueError(f"{queries_path}: {len(missing)} queries name videos missing from "
                          f"{videos_path}: {missing[:5]}")
-    return CorpusTables(videos_path, queries_path, paths, rows)
+    return CorpusTables(videos_path, queries_path, paths, rows, moments)

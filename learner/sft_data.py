@@ -3,7 +3,9 @@ the ground-truth video (target: matched, with the ground-truth span) and one who
 wrong video (target: not_matched, then the soft tokens must find the right one).
 
 The reasoning first says what the shown video contains (its annotated training moments, in
-time order, in the sentence the pretrained policy describes videos with), then the verdict:
+time order, in the sentence the pretrained policy describes videos with; for the synthetic
+corpus every event, so the trace starts with the very caption the policy was pretrained to
+write, and SFT does not teach it to leave events out), then the verdict:
 which of them is the query, or none. A bare "shows / does not show" verdict puts the whole
 decision on one early token, and the tiny policy learnt only a prior from it (VER 50 % on the
 test split); looking first, then comparing, is what the trace teaches instead.

@@ -8,7 +8,8 @@ import pytest
 
 from config.schema import SynthConfig
 from corpus.schema import QUERY_SCHEMA, VIDEO_SCHEMA
-from corpus.synth import BACKGROUNDS, COLOURS, generate_corpus, splits_of
+from corpus.synth import BACKGROUNDS, COLOURS, generate_corpus, moments_of, splits_of
+from corpus.tables import load_corpus
 from corpus.video import decode_video, probe_video
 
 CFG = SynthConfig()
@@ -145,3 +146,17 @@ def test_pixels_show_events_exactly_in_their_spans(manifest, frames):
                 count = colour_pixels(frame, COLOURS[event["colour"]])
                 # An object covers ~200-440 px; chroma subsampling may tint a stray edge pixel.
                 assert count >= 100 if visible else count <= 5, (vid, event, t, count)
+
+
+def test_every_event_is_an_annotated_moment(corpus, queries, manifest):
+    """SFT targets may describe every event of a training video; the queries are a subset."""
+    moments = moments_of(corpus)
+    assert len(moments) == sum(len(v["events"]) for v in manifest["videos"].values())
+    key = lambda r: (r["video_id"], r["text"], r["start_s"], r["end_s"], r["split"])  # noqa: E731
+    assert {key(q) for q in queries} < {key(m) for m in moments}
+    tables = load_corpus(corpus.videos_path, corpus.queries_path, moments)
+    train = tables.annotated("train")
+    assert train and all(m["split"] == "train" for m in train)
+    assert len(train) > len(tables.queries("train"))
+    bare = load_corpus(corpus.videos_path, corpus.queries_path)  # an imported corpus
+    assert bare.annotated("train") == [r for r in queries if r["split"] == "train"]
