@@ -9,8 +9,8 @@ answer, pred_start, pred_end, is_final``. Per query, on a given row:
 
 "final" scores each query on its final row; "per_turn" scores the rows of each turn, which
 shows what later turns of refinement add. Values are percentages, except "reward": where the
-rows carry the turns' rewards, final also holds the mean episode reward (the mean of an
-episode's turn rewards, as GRPO scores it), which compares models on the training objective.
+rows carry ``episode_reward``, final also holds its mean over queries (the number GRPO
+normalises, rollout.rewards.episode_total), which compares models on the training objective.
 """
 
 from __future__ import annotations
@@ -73,14 +73,8 @@ def compute_metrics(
     for row in rows:
         by_turn.setdefault(int(row["turn"]), {})[row["query_id"]] = row
     per_turn = {t: _score(list(q.values()), iou_thresholds) for t, q in sorted(by_turn.items())}
-    final = _score(final_rows(rows), iou_thresholds)
-    if rows and all("reward" in row for row in rows):
-        final["reward"] = _mean_episode_reward(rows)
+    last = final_rows(rows)
+    final = _score(last, iou_thresholds)
+    if last and all("episode_reward" in row for row in last):
+        final["reward"] = sum(float(row["episode_reward"]) for row in last) / len(last)
     return {"final": final, "per_turn": per_turn}
-
-
-def _mean_episode_reward(rows: Sequence[Row]) -> float:
-    episodes: dict[Any, list[float]] = {}
-    for row in rows:
-        episodes.setdefault(row["query_id"], []).append(float(row["reward"]))
-    return sum(sum(r) / len(r) for r in episodes.values()) / len(episodes)

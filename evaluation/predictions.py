@@ -11,7 +11,7 @@ PREDICTION_SCHEMA = pa.schema([
     ("gt_start", pa.float64()), ("gt_end", pa.float64()), ("pred_video_id", pa.string()),
     ("answer", pa.string()), ("pred_start", pa.float64()), ("pred_end", pa.float64()),
     ("is_final", pa.bool_()), ("score", pa.float64()), ("desc", pa.string()),
-    ("reward", pa.float64()), ("response", pa.string()),
+    ("reward", pa.float64()), ("episode_reward", pa.float64()), ("response", pa.string()),
 ])
 
 
@@ -21,6 +21,7 @@ def predictions_table(episodes: list[list[Turn]]) -> pa.Table:
         "gt_start": t.gt_start, "gt_end": t.gt_end, "pred_video_id": t.video_id,
         "answer": t.answer, "pred_start": t.pred_start, "pred_end": t.pred_end,
         "is_final": t.is_final, "score": t.retrieved_scores[0] if t.retrieved_scores else 0.0,
-        "desc": t.query_text, "reward": t.reward, "response": t.response_text,
+        "desc": t.query_text, "reward": t.reward,
+        "episode_reward": t.episode_reward, "response": t.response_text,
     } for turns in episodes for t in turns]
     return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)

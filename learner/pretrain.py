@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from config.schema import TinyPolicyPretrainConfig, VideoConfig
 from corpus.synth import SynthCorpus, Video, scenes_of, splits_of
@@ -24,6 +23,7 @@ from corpus.video import decode_video
 from learner.batch import Row, collate
 from learner.losses import sft_token_loss
 from learner.sft_data import moment_sentence
+from models.fit import fit
 from models.loading import load_policy, load_processor
 from rollout.prompts import hf_prompt_inputs
 
@@ -93,18 +93,12 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
 
     before = heldout_loss()
     model.train().requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=pcfg.lr, weight_decay=0.0)
-    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, pcfg.warmup_steps)))
     rng = np.random.default_rng(seed)
-    losses = []
-    for _ in tqdm(range(pcfg.steps), desc="pretrain tiny policy", disable=not progress):
-        loss = loss_of([train[i] for i in rng.choice(len(train), size=pcfg.batch_size, replace=False)])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        warmup.step()
-        losses.append(loss.item())
+    losses = fit(model.parameters(),
+                 lambda: loss_of([train[i] for i in rng.choice(len(train), size=pcfg.batch_size,
+                                                               replace=False)]),
+                 steps=pcfg.steps, lr=pcfg.lr, warmup_steps=pcfg.warmup_steps,
+                 desc="pretrain tiny policy", progress=progress)
     after = heldout_loss()
     model.eval().requires_grad_(False)
     model.save_pretrained(policy_dir, safe_serialization=True)

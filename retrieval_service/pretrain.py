@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from config.schema import TinyEmbedderPretrainConfig, VideoConfig
 from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, Event, SynthCorpus, Video, scenes_of
+from models.fit import fit
 from retrieval_service.embedder import Embedder
 
 
@@ -117,24 +117,20 @@ def pretrain_embedder(embedder_dir: Path, corpus: SynthCorpus, video: VideoConfi
     before = _r1(embedder, {v: decoded[v] for v in held_ids}, heldout)
     model = embedder.model.train().requires_grad_(True)
     probes = AttributeProbes(embedder.dim).to(embedder.device)
-    opt = torch.optim.AdamW([*model.parameters(), *probes.parameters()], lr=pcfg.lr, weight_decay=0.0)
-    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, pcfg.warmup_steps)))
     rng = np.random.default_rng(seed)
-    losses = []
-    for _ in tqdm(range(pcfg.steps), desc="pretrain tiny embedder", disable=not progress):
+
+    def next_loss() -> torch.Tensor:
         backgrounds = rng.choice(sorted(by_background), size=pcfg.backgrounds_per_batch, replace=False)
         ids = [v for bg in backgrounds for v in rng.choice(by_background[bg], size=per_bg, replace=False)]
         batch = [scenes[v] for v in ids]
         events = [s.events[rng.integers(len(s.events))] for s in batch]
         q = embedder.encode_queries([s.describe(e) for s, e in zip(batch, events, strict=True)])
         v = embedder.video_vectors([decoded[i] for i in ids])
-        loss = symmetric_info_nce(q, v, pcfg.tau) + pcfg.probe_weight * probes.loss(v, q, batch, events)
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        warmup.step()
-        losses.append(loss.item())
+        return symmetric_info_nce(q, v, pcfg.tau) + pcfg.probe_weight * probes.loss(v, q, batch, events)
+
+    losses = fit([*model.parameters(), *probes.parameters()], next_loss, steps=pcfg.steps,
+                 lr=pcfg.lr, warmup_steps=pcfg.warmup_steps, desc="pretrain tiny embedder",
+                 progress=progress, clip=model.parameters())
     model.eval().requires_grad_(False)
     model.save_pretrained(embedder_dir, safe_serialization=True)
     return PretrainReport(pcfg.steps, losses[0], losses[-1], len(heldout), before,

@@ -20,6 +20,7 @@ from config.schema import Config
 from rollout.parsing import parse_response
 from rollout.rewards import (
     RewardParts,
+    episode_total,
     format_reward,
     grounding_reward,
     retrieval_reward,
@@ -68,6 +69,7 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
     k, n_neg = cfg.retrieval.topk, cfg.learner.infonce_negatives
     result = await retriever.search(query.text, None, k)
     turns: list[Turn] = []
+    scored: list[RewardParts] = []
     for t in range(1, cfg.rollout.max_turns + 1):
         shown = result.video_ids[0]
         gen = await policy.generate(query.text, video_path(shown), seed, greedy)
@@ -92,7 +94,7 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
         )
         turns.append(turn)
         if parsed.answer == "matched" or t == cfg.rollout.max_turns:
-            _set_rewards(turn, parts, cfg)
+            scored.append(_set_rewards(turn, parts, cfg))
             break
         soft = await policy.soft_tokens(query.text, gen.response_ids, video_path(shown))
         refined = await retriever.search(query.text, soft, k)
@@ -107,9 +109,12 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
             improvement=base is not None))
         turn.soft_tokens = soft.tolist()
         turn.refined_scores = [float(s) for s in scores]
-        _set_rewards(turn, parts, cfg)
+        scored.append(_set_rewards(turn, parts, cfg))
         result = refined
     turns[-1].is_final = True
+    total = episode_total(scored, cfg.reward)
+    for turn in turns:
+        turn.episode_reward = total
     return turns
 
 
@@ -117,16 +122,16 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _set_rewards(turn: Turn, parts: RewardParts, cfg: Config) -> None:
+def _set_rewards(turn: Turn, parts: RewardParts, cfg: Config) -> RewardParts:
     turn.reward_format = parts.format
     turn.reward_verification = parts.verification
     turn.reward_retrieval = parts.retrieval or 0.0
     turn.reward_grounding = parts.grounding
     turn.reward = total_reward(parts, cfg.reward)
+    return parts
 
 
 def episode_reward(turns: list[Turn]) -> float:
-    """The scalar GRPO normalises within a group: the mean of the turns' rewards, so
-    that an extra refinement turn is neither free credit nor a penalty by itself."""
-    return float(np.mean([t.reward for t in turns])) if turns else 0.0
+    """The scalar GRPO normalises within a group (rollout.rewards.episode_total)."""
+    return float(turns[-1].episode_reward) if turns else 0.0
 

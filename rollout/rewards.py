@@ -112,3 +112,22 @@ class RewardParts:
 
 def total_reward(parts: RewardParts, weights: RewardWeights) -> float:
     return sum(parts.weighted(weights).values())
+
+
+def episode_total(turns: Sequence[RewardParts], weights: RewardWeights) -> float:
+    """The one number GRPO normalises per episode. Format and retrieval are averaged over the
+    turns; verification is the episode's worst judgement and grounding the final turn's.
+
+    A plain mean of turn rewards can be diluted: rejecting the ground truth at turn 1 and then
+    rightly rejecting two wrong videos scored (-1 + 1 + 1) / 3 on verification. GRPO found
+    that within 16 steps (measured: VER 97 %, VR 3 %, eval reward up from 0.69 to 1.08 while
+    the agent found nothing). Under the worst judgement one wrong verdict costs the whole
+    verification reward, whatever follows.
+    """
+    if not turns:
+        return 0.0
+    n = len(turns)
+    return (weights.format * sum(p.format for p in turns) / n
+            + weights.verification * min(p.verification for p in turns)
+            + weights.retrieval * sum(p.retrieval or 0.0 for p in turns) / n
+            + weights.grounding * turns[-1].grounding)

@@ -41,6 +41,7 @@ TURN_SCHEMA = pa.schema([
     ("reward_retrieval", pa.float64()),
     ("reward_grounding", pa.float64()),
     ("reward", pa.float64()),
+    ("episode_reward", pa.float64()),
     ("is_final", pa.bool_()),
     ("weight_version", pa.int64()),
 ])
@@ -75,6 +76,7 @@ class Turn:
     reward_retrieval: float = 0.0
     reward_grounding: float = 0.0
     reward: float = 0.0
+    episode_reward: float = 0.0  # what GRPO normalises; every turn of an episode holds it
     is_final: bool = False
     weight_version: int = 0
 

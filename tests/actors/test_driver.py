@@ -63,7 +63,7 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
         table = pq.read_table(f"{out}/predictions.parquet")
         assert table.num_rows >= results["eval"][tag]["final"]["num_queries"] > 0
         assert all(isinstance(t, str) for t in table.column("response").to_pylist())
-        rewards = table.column("reward").to_pylist()
+        rewards = table.column("episode_reward").to_pylist()
         assert min(rewards) <= results["eval"][tag]["final"]["reward"] <= max(rewards)
         sub = json.loads(open(f"{out}/tvr_submission.json").read())
         assert len(sub["VCMR"]) == results["eval"][tag]["final"]["num_queries"]

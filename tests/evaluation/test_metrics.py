@@ -95,10 +95,10 @@ def test_matched_without_span_is_not_a_hit():
     )
 
 
-def test_mean_episode_reward_averages_turns_then_queries():
-    rows = [row("q1", 1, "v1", "v9", "not_matched", None, False, reward=1.0),
-            row("q1", 2, "v1", "v1", "matched", (0.0, 10.0), True, reward=0.0),
-            row("q2", 1, "v2", "v2", "matched", (0.0, 10.0), True, reward=2.0)]
+def test_reward_is_the_mean_episode_reward_over_queries():
+    rows = [row("q1", 1, "v1", "v9", "not_matched", None, False, episode_reward=0.5),
+            row("q1", 2, "v1", "v1", "matched", (0.0, 10.0), True, episode_reward=0.5),
+            row("q2", 1, "v2", "v2", "matched", (0.0, 10.0), True, episode_reward=2.0)]
     assert compute_metrics(rows)["final"]["reward"] == pytest.approx((0.5 + 2.0) / 2)
     assert "reward" not in compute_metrics(ROWS)["final"]  # rows without rewards: no number
 

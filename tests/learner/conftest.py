@@ -61,7 +61,7 @@ def grpo_turns(cfg, model_dirs, processor, corpus_rows) -> list[Turn]:
                 frame_times=video.timestamps.tolist(), retrieved_ids=[q["video_id"]],
                 retrieved_scores=[1.0], prompt_ids=prompt, response_ids=response,
                 sampling_logprobs=[0.0] * len(response), response_text=text,
-                reward=float(g), is_final=True))
+                reward=float(g), episode_reward=float(g), is_final=True))
     model = load_policy(model_dirs[0])[0].eval()
     for t, lp in zip(turns, response_logprobs(model, turns, processor, cfg), strict=True):
         t.sampling_logprobs = lp.tolist()

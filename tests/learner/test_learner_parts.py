@@ -79,8 +79,9 @@ def test_rows_refuse_mismatched_video(cfg, processor, grpo_turns):
 
 
 def test_every_turn_gets_its_episodes_group_advantage(grpo_turns):
-    two_turns = dataclasses.replace(grpo_turns[1], turn=2, reward=3.0)  # episode reward: mean 2.0
-    turns = grpo_turns + [two_turns]
+    first = dataclasses.replace(grpo_turns[1], episode_reward=2.0, is_final=False)
+    second = dataclasses.replace(grpo_turns[1], turn=2, episode_reward=2.0)
+    turns = [grpo_turns[0], first, *grpo_turns[2:], second]
     adv = turn_advantages(turns, std_normalize=False)
     assert adv == pytest.approx([-1.0, 1.0, -0.5, 0.5, 1.0])
     assert turn_advantages(grpo_turns, std_normalize=True) == pytest.approx([-1, 1, -1, 1], abs=1e-5)

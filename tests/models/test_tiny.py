@@ -3,8 +3,12 @@ import json
 import pytest
 import torch
 
-from config.schema import (TinyEmbedderPretrainConfig, TinyPolicyPretrainConfig, TinyPretrainConfig,
-                           VideoConfig)
+from config.schema import (
+    TinyEmbedderPretrainConfig,
+    TinyPolicyPretrainConfig,
+    TinyPretrainConfig,
+    VideoConfig,
+)
 from models.loading import ModelNotFoundError, load_embedder, load_policy, load_processor
 from models.sqr_heads import SQRHeads
 from models.tiny import MANIFEST, build_tiny_models

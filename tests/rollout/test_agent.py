@@ -83,6 +83,11 @@ def test_wrong_top1_leads_to_soft_tokens_refined_search_and_a_second_turn(cfg, w
         assert t.episode_id == f"{q.query_id}#0"
     assert [t.is_final for t in turns] == [False, True]
     assert turns[1].soft_tokens == []  # the final turn does not refine
+    w = cfg.reward  # episode reward: mean format and retrieval, worst verification, last grounding
+    expected = (w.format * (turns[0].reward_format + turns[1].reward_format) / 2
+                + w.verification * min(t.reward_verification for t in turns)
+                + w.retrieval * turns[0].reward_retrieval / 2 + w.grounding * turns[1].reward_grounding)
+    assert [t.episode_reward for t in turns] == pytest.approx([expected, expected])
 
 
 def test_trajectory_records_round_trip_through_arrow(cfg, world):

@@ -5,6 +5,7 @@ import pytest
 from config.schema import RewardConfig
 from rollout.parsing import format_response, parse_response
 from rollout.rewards import (
+    episode_total,
     RewardParts,
     format_reward,
     grounding_reward,
@@ -145,3 +146,18 @@ def test_total_reward_custom_weights_end_to_end():
     )
     expected = 2.0 * 1 + 1.0 / (1 + math.exp(-3) + math.exp(-6)) + 3.0 / 3
     assert total_reward(parts, w) == pytest.approx(expected)
+
+
+def test_episode_total_cannot_dilute_a_wrong_judgement():
+    w = RewardConfig()  # format 0.5, verification 1, retrieval 0.5, grounding 1
+    rejected_gt = RewardParts(format=1.0, verification=-1.0, retrieval=0.4, grounding=0.0)
+    rejected_wrong = RewardParts(format=1.0, verification=1.0, retrieval=0.2, grounding=0.0)
+    last = RewardParts(format=1.0, verification=1.0, retrieval=None, grounding=0.0)
+    diluted = episode_total([rejected_gt, rejected_wrong, last], w)
+    assert diluted == pytest.approx(0.5 - 1.0 + 0.5 * 0.6 / 3)  # worst verdict: -1
+    accepted = RewardParts(format=1.0, verification=1.0, retrieval=None, grounding=0.6)
+    assert episode_total([accepted], w) == pytest.approx(0.5 + 1.0 + 0.6)
+    refined_then_found = episode_total([rejected_wrong, accepted], w)
+    assert refined_then_found == pytest.approx(0.5 + 1.0 + 0.5 * 0.2 / 2 + 0.6)
+    assert min(episode_total([accepted], w), refined_then_found) > diluted
+    assert episode_total([], w) == 0.0
