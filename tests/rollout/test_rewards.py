@@ -5,8 +5,8 @@ import pytest
 from config.schema import RewardConfig
 from rollout.parsing import format_response, parse_response
 from rollout.rewards import (
-    episode_total,
     RewardParts,
+    episode_total,
     format_reward,
     grounding_reward,
     infonce_loss,
