@@ -134,12 +134,15 @@ def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Quer
 def _reward_means(episodes) -> dict[str, float]:
     from rollout.agent import episode_reward
 
-    parts = {"format": [], "verification": [], "retrieval": [], "grounding": [], "total": []}
+    parts = {"format": [], "verification": [], "retrieval": [], "grounding": [], "found": [],
+             "total": []}
     for turns in episodes:
         parts["format"].append(np.mean([t.reward_format for t in turns]))
         parts["verification"].append(np.mean([t.reward_verification for t in turns]))
         parts["retrieval"].append(np.mean([t.reward_retrieval for t in turns]))
         parts["grounding"].append(np.mean([t.reward_grounding for t in turns]))
+        parts["found"].append(float(turns[-1].answer == "matched"
+                                    and turns[-1].video_id == turns[-1].gt_video_id))
         parts["total"].append(episode_reward(turns))
     return {k: float(np.mean(v)) for k, v in parts.items()}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ray.util.metrics import Gauge
 from torch.utils.tensorboard import SummaryWriter
 
-REWARD_PARTS = ("format", "verification", "retrieval", "grounding", "total")
+REWARD_PARTS = ("format", "verification", "retrieval", "grounding", "found", "total")
 
 
 class TrainMetrics:

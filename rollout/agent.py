@@ -80,6 +80,7 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
             verification=verification_reward(parsed, is_gt),
             retrieval=None,
             grounding=grounding_reward(parsed, is_gt, (query.start_s, query.end_s)),
+            found=is_gt and parsed.matched,
         )
         turn = Turn(
             episode_id=f"{query.query_id}#{sample}", query_id=query.query_id, sample=sample,

@@ -1,9 +1,10 @@
 """Per-turn rewards, as pure functions of a parsed response and what the search returned.
 
-Four parts, weighted by ``config.schema.RewardConfig``: format (the output can be acted on),
+Five parts, weighted by ``config.schema.RewardConfig``: format (the output can be acted on),
 verification (the matched/not_matched judgement is right), grounding (temporal IoU of the
-predicted span, only when the judgement is a correct "matched"), and retrieval (how well
-the refined query ranks the ground-truth video, from InfoNCE; only on turns that refined).
+predicted span, only when the judgement is a correct "matched"), found (the turn accepted the
+ground-truth video), and retrieval (how well the refined query ranks the ground-truth video,
+from InfoNCE; only on turns that refined).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class RewardWeights(Protocol):
     verification: float
     retrieval: float
     grounding: float
+    found: float
 
 
 def temporal_iou(pred: Sequence[float], gt: Sequence[float]) -> float:
@@ -99,6 +101,7 @@ class RewardParts:
     verification: float
     retrieval: float | None  # None: the turn did not refine, so there is nothing to score
     grounding: float
+    found: bool = False  # accepted the ground-truth video
 
     def weighted(self, weights: RewardWeights) -> dict[str, float]:
         """Each part times its weight, keyed by part name (for logging as well as summing)."""
@@ -107,6 +110,7 @@ class RewardParts:
             "verification": weights.verification * self.verification,
             "retrieval": 0.0 if self.retrieval is None else weights.retrieval * self.retrieval,
             "grounding": weights.grounding * self.grounding,
+            "found": weights.found * self.found,
         }
 
 
@@ -116,7 +120,7 @@ def total_reward(parts: RewardParts, weights: RewardWeights) -> float:
 
 def episode_total(turns: Sequence[RewardParts], weights: RewardWeights) -> float:
     """The one number GRPO normalises per episode. Format and retrieval are averaged over the
-    turns; verification is the episode's worst judgement and grounding the final turn's.
+    turns; verification is the episode's worst judgement, grounding and found the final turn's.
 
     A plain mean of turn rewards can be diluted: rejecting the ground truth at turn 1 and then
     rightly rejecting two wrong videos scored (-1 + 1 + 1) / 3 on verification. GRPO found
@@ -130,4 +134,4 @@ def episode_total(turns: Sequence[RewardParts], weights: RewardWeights) -> float
     return (weights.format * sum(p.format for p in turns) / n
             + weights.verification * min(p.verification for p in turns)
             + weights.retrieval * sum(p.retrieval or 0.0 for p in turns) / n
-            + weights.grounding * turns[-1].grounding)
+            + weights.grounding * turns[-1].grounding + weights.found * turns[-1].found)

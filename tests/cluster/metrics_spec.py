@@ -31,7 +31,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "logprob_mismatch": ("Gauge", ()),
     "train_step": ("Gauge", ()),
 }
-REWARD_COMPONENTS = ("format", "verification", "retrieval", "grounding", "total")
+REWARD_COMPONENTS = ("format", "verification", "retrieval", "grounding", "found", "total")
 
 
 def prom_series(name: str, kind: str) -> set[str]:

@@ -127,8 +127,10 @@ def test_total_reward_default_weights():
     w = RewardConfig()  # format 0.5, verification 1, retrieval 0.5, grounding 1
     parts = RewardParts(format=1.0, verification=1.0, retrieval=0.4, grounding=0.5)
     assert parts.weighted(w) == pytest.approx(
-        {"format": 0.5, "verification": 1.0, "retrieval": 0.2, "grounding": 0.5}
+        {"format": 0.5, "verification": 1.0, "retrieval": 0.2, "grounding": 0.5, "found": 0.0}
     )
+    found = RewardParts(format=1.0, verification=1.0, retrieval=None, grounding=0.5, found=True)
+    assert total_reward(found, w) == pytest.approx(2.0 + w.found)
     assert total_reward(parts, w) == pytest.approx(2.2)
     no_refine = RewardParts(format=1.0, verification=1.0, retrieval=None, grounding=0.5)
     assert no_refine.weighted(w)["retrieval"] == 0.0
@@ -155,9 +157,30 @@ def test_episode_total_cannot_dilute_a_wrong_judgement():
     last = RewardParts(format=1.0, verification=1.0, retrieval=None, grounding=0.0)
     diluted = episode_total([rejected_gt, rejected_wrong, last], w)
     assert diluted == pytest.approx(0.5 - 1.0 + 0.5 * 0.6 / 3)  # worst verdict: -1
-    accepted = RewardParts(format=1.0, verification=1.0, retrieval=None, grounding=0.6)
-    assert episode_total([accepted], w) == pytest.approx(0.5 + 1.0 + 0.6)
+    accepted = RewardParts(format=1.0, verification=1.0, retrieval=None, grounding=0.6, found=True)
+    assert episode_total([accepted], w) == pytest.approx(0.5 + 1.0 + 0.6 + w.found)
     refined_then_found = episode_total([rejected_wrong, accepted], w)
-    assert refined_then_found == pytest.approx(0.5 + 1.0 + 0.5 * 0.2 / 2 + 0.6)
+    assert refined_then_found == pytest.approx(0.5 + 1.0 + 0.5 * 0.2 / 2 + 0.6 + w.found)
     assert min(episode_total([accepted], w), refined_then_found) > diluted
     assert episode_total([], w) == 0.0
+
+
+def test_rejecting_everything_scores_below_finding_with_a_weak_verifier():
+    """Top-1 right for one query in three. Rejecting everything is right on 7 of 9 verdicts;
+    accepting every top-1 finds one moment and accepts two wrong videos. Without the found
+    term the first wins (what GRPO learnt); with it, finding the moment does."""
+    reject_gt = RewardParts(format=1.0, verification=-1.0, retrieval=0.0, grounding=0.0)
+    reject_wrong = RewardParts(format=1.0, verification=1.0, retrieval=0.0, grounding=0.0)
+    accept_gt = RewardParts(format=1.0, verification=1.0, retrieval=None, grounding=0.2, found=True)
+    accept_wrong = RewardParts(format=1.0, verification=-1.0, retrieval=None, grounding=0.0)
+
+    def scores(w):
+        reject_all = (episode_total([reject_gt, reject_wrong, reject_wrong], w)
+                      + 2 * episode_total([reject_wrong] * 3, w)) / 3
+        accept_all = (episode_total([accept_gt], w) + 2 * episode_total([accept_wrong], w)) / 3
+        return reject_all, accept_all
+
+    reject_all, accept_all = scores(RewardConfig(found=0.0))
+    assert reject_all > accept_all
+    reject_all, accept_all = scores(RewardConfig())
+    assert accept_all > reject_all
