@@ -37,6 +37,13 @@ def turn_advantages(turns: list[Turn], std_normalize: bool) -> list[float]:
 
 
 def grpo_rows(turns: list[Turn], videos: VideoInputs, std_normalize: bool) -> list[Row]:
+    """One row per turn, weighted 1 / (turns in its episode) so that every episode counts once:
+    unweighted, a three-turn (rejecting) episode pulls three times as hard as a one-turn
+    (accepting) one. (Suspected, not shown, to be why GRPO learns to reject everything on the
+    tiny default: that collapse happened with and without this weighting.)"""
+    per_episode: dict[str, int] = {}
+    for t in turns:
+        per_episode[t.episode_id] = per_episode.get(t.episode_id, 0) + 1
     rows = []
     for t, adv in zip(turns, turn_advantages(turns, std_normalize), strict=True):
         if len(t.sampling_logprobs) != len(t.response_ids):
@@ -44,7 +51,8 @@ def grpo_rows(turns: list[Turn], videos: VideoInputs, std_normalize: bool) -> li
                              f"for {len(t.response_ids)} response tokens")
         video = videos.for_turn(t.video_path, t.frame_times) if t.video_path else None
         rows.append(Row(ids=list(t.prompt_ids) + list(t.response_ids), mask=t.loss_mask,
-                        video=video, sampled=list(t.sampling_logprobs), advantage=adv))
+                        video=video, sampled=list(t.sampling_logprobs), advantage=adv,
+                        weight=1.0 / per_episode[t.episode_id]))
     return rows
 
 
@@ -93,7 +101,7 @@ class GRPOLoss:
                                   c.clip_eps_high, ref_lp, c.kl_beta, c.kl_estimator,
                                   c.loss_aggregation)
         count = _local_count(batch, c.loss_aggregation)
-        tokens = float(batch.mask.sum())
+        tokens = float((batch.mask > 0).sum())  # the mask holds episode weights
         for name, value in parts.items():
             stats.add(name, value, tokens)
         stats.add("logprob_mismatch", logprob_mismatch(old, batch.sampled, batch.mask), tokens)
