@@ -41,6 +41,10 @@ class SQRHeads(nn.Module):
         self.cfg = cfg
         self.refine_projector = _mlp(cfg.policy_hidden, cfg.soft_dim)
         self.append_projector = _mlp(cfg.soft_dim, cfg.embedder_hidden)
+        # Zero output at first: a refinement starts as the unrefined query (with an embedder
+        # that ignores zero slots, retrieval_service.pretrain) and learning moves it from there.
+        nn.init.zeros_(self.append_projector[-1].weight)
+        nn.init.zeros_(self.append_projector[-1].bias)
 
     def soft_tokens(self, slot_hidden: torch.Tensor) -> torch.Tensor:
         """[..., N, H] final hidden states at the slots -> [..., N, D] soft query tokens."""

@@ -56,6 +56,16 @@ class RetrieverClient(Protocol):
     async def score(self, vector: np.ndarray, video_ids: list[str]) -> list[float]: ...
 
 
+def _unseen(result: SearchResult, rejected: list[str], k: int) -> SearchResult:
+    """The search without the videos the episode already rejected: showing one again would
+    spend a turn on a judgement already made. The untouched result if nothing else is left."""
+    keep = [i for i, v in enumerate(result.video_ids) if v not in rejected][:k]
+    if not keep:
+        return result
+    return SearchResult(result.vector, [result.video_ids[i] for i in keep],
+                        [result.scores[i] for i in keep])
+
+
 def _negatives(result: SearchResult, gt: str, shown: str, k: int) -> list[str]:
     """The wrongly shown top-1 first, then hard negatives from the top-k pool."""
     pool = [shown] + [v for v in result.video_ids if v != shown]
@@ -65,11 +75,14 @@ def _negatives(result: SearchResult, gt: str, shown: str, k: int) -> list[str]:
 async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever: RetrieverClient,
                       video_path: Callable[[str], str], cfg: Config, *, seed: int | None = None,
                       greedy: bool = False) -> list[Turn]:
-    """One episode of at most T turns; returns its turn records (the last is final)."""
+    """One episode of at most T turns; returns its turn records (the last is final).
+
+    A refined search never shows a video this episode rejected (`_unseen`)."""
     k, n_neg = cfg.retrieval.topk, cfg.learner.infonce_negatives
     result = await retriever.search(query.text, None, k)
     turns: list[Turn] = []
     scored: list[RewardParts] = []
+    rejected: list[str] = []
     for t in range(1, cfg.rollout.max_turns + 1):
         shown = result.video_ids[0]
         gen = await policy.generate(query.text, video_path(shown), seed, greedy)
@@ -98,7 +111,8 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
             scored.append(_set_rewards(turn, parts, cfg))
             break
         soft = await policy.soft_tokens(query.text, gen.response_ids, video_path(shown))
-        refined = await retriever.search(query.text, soft, k)
+        rejected.append(shown)
+        refined = _unseen(await retriever.search(query.text, soft, k + len(rejected)), rejected, k)
         negatives = _negatives(refined, query.video_id, shown, n_neg)
         scores = await retriever.score(refined.vector, [query.video_id] + negatives)
         base = None

@@ -191,6 +191,11 @@ def test_sft_gradient_reaches_the_refine_projector_only_through_infonce(
             at = hidden[i, len(r.ids) - cfg.sqr.num_tokens:len(r.ids)]
             torch.testing.assert_close(soft[i], module.heads.to_embedder(module.heads.soft_tokens(at)))
 
+    # The append projector starts at zero (a refinement starts as the plain query), which
+    # blocks the gradient to everything before it until its first update: take that update.
+    with torch.no_grad():
+        module.heads.append_projector[-1].weight.normal_(std=0.02)
+
     def head_grads(rows_):
         module.zero_grad()
         b = collate_rows(rows_, processor, 2, "cpu")

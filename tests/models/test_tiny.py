@@ -10,7 +10,7 @@ from config.schema import (
     VideoConfig,
 )
 from models.loading import ModelNotFoundError, load_embedder, load_policy, load_processor
-from models.sqr_heads import SQRHeads
+from models.sqr_heads import SQRHeads, SQRHeadsConfig
 from models.tiny import MANIFEST, build_tiny_models
 from models.tokenizer import QWEN_SPECIAL_TOKENS, REFINE_TOKEN, SQR_SLOT_TOKEN
 
@@ -76,8 +76,17 @@ def test_same_seed_same_weights_pretraining_included(tmp_path):
     assert reports["embedder"]["heldout_queries"] > 0 and reports["policy"]["heldout_videos"] > 0
 
 
+def test_fresh_sqr_heads_append_nothing_yet():
+    """A refinement starts as the unrefined query: the append projector's output is zero."""
+    heads = SQRHeads(SQRHeadsConfig(policy_hidden=16, soft_dim=8, embedder_hidden=12))
+    soft = heads.soft_tokens(torch.randn(2, 8, 16))
+    assert soft.abs().sum() > 0 and not heads.to_embedder(soft).any()
+
+
 def test_sqr_heads_round_trip(tmp_path, model_dirs):
     heads = SQRHeads.load(model_dirs[0])
+    with torch.no_grad():  # as after training: a zero append projector would compare nothing
+        heads.append_projector[-1].weight.normal_()
     heads.save(tmp_path)
     again = SQRHeads.load(tmp_path)
     x = torch.randn(2, 8, heads.cfg.policy_hidden)

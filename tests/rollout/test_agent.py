@@ -73,6 +73,7 @@ def test_wrong_top1_leads_to_soft_tokens_refined_search_and_a_second_turn(cfg, w
         pytest.fail(f"random policy answered matched: {turns[0].response_text!r}")
     assert len(turns) == 2 and [t.turn for t in turns] == [1, 2]
     assert retriever.searches == [False, True]  # the second search used soft tokens
+    assert turns[1].video_id != turns[0].video_id  # the rejected video is not shown again
     soft = np.asarray(turns[0].soft_tokens)
     assert soft.shape == (cfg.sqr.num_tokens, policy.heads.cfg.soft_dim) and np.isfinite(soft).all()
     assert len(turns[0].refined_scores) == 1 + cfg.learner.infonce_negatives
