@@ -51,8 +51,6 @@ class TinyEmbedderPretrainConfig:
     tau: float = 0.1
     # Weight of the attribute probes (colours, background, shape, motion) on both towers.
     probe_weight: float = 1.0
-    # Weight of the InfoNCE of queries with N zero soft tokens (retrieval_service.pretrain says why).
-    slot_weight: float = 1.0
 
 
 @dataclass

@@ -60,7 +60,7 @@ def _config(tokenizer, hidden: int, layers: int, vocab: int) -> Qwen3VLConfig:
             tie_word_embeddings=False,
         ),
         vision_config=dict(
-            depth=2, hidden_size=128, intermediate_size=256, num_heads=2,
+            depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
             patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
             out_hidden_size=hidden, num_position_embeddings=144,
             deepstack_visual_indexes=[1],
@@ -139,13 +139,13 @@ def build_tiny_models(
     heads = SQRHeads(SQRHeadsConfig(policy_hidden=256, soft_dim=256, embedder_hidden=128,
                                     num_tokens=soft_tokens))
     heads.save(policy_dir)
-    reports = _pretrain(cache_dir, policy_dir, embedder_dir, video, pretrain, soft_tokens, seed)
+    reports = _pretrain(cache_dir, policy_dir, embedder_dir, video, pretrain, seed)
     manifest.write_text(json.dumps(dict(recipe=recipe, pretrain=reports), indent=1))
     return policy_dir, embedder_dir
 
 
 def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: VideoConfig,
-              pretrain: TinyPretrainConfig, soft_tokens: int, seed: int) -> dict:
+              pretrain: TinyPretrainConfig, seed: int) -> dict:
     steps = {"embedder": pretrain.embedder.steps, "policy": pretrain.policy.steps}
     if not any(steps.values()):
         return {}
@@ -161,7 +161,7 @@ def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: Vide
     if steps["embedder"]:
         reports["embedder"] = asdict(pretrain_embedder(
             embedder_dir, corpus("embedder", pretrain.embedder.num_videos, PRETRAIN_SEED_OFFSET),
-            video, pretrain.embedder, seed, soft_tokens))
+            video, pretrain.embedder, seed))
     if steps["policy"]:
         reports["policy"] = asdict(pretrain_policy(
             policy_dir, corpus("policy", pretrain.policy.num_videos, 2 * PRETRAIN_SEED_OFFSET),

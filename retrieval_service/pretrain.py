@@ -13,15 +13,6 @@ tokens among ~100. Linear attribute probes on both towers' pooled vectors (the c
 video shows, the query's colour/shape/motion, the background) give each tower a direct signal
 and break the plateau; they are discarded afterwards. Batches hold a few backgrounds, so most
 negatives share the positive's background.
-
-Soft Query Refinement appends N soft tokens to a query, and its append projector starts at
-zero (models.sqr_heads), so a refinement starts as the query with N zero input embeddings.
-Untrained for them, the tiny embedder turned such a query into a near-random one (cosine 0.60
-to the plain query's vector, test R@1 35 -> 6 %, measured), so the first refined search
-threw away what the text had found. The zero-slot query is trained to retrieve as well (the
-same InfoNCE), so a refinement starts from a working query and the learner moves it from
-there. (Pulling its vector onto the plain query's instead kept them equal, cosine 0.997, but
-cost the plain query's retrieval: test R@1 35 -> 12 %, measured.)
 """
 
 from __future__ import annotations
@@ -48,8 +39,6 @@ class PretrainReport:
     heldout_queries: int
     heldout_r1_before: float  # text -> video R@1 on the pretraining corpus's test split
     heldout_r1_after: float
-    heldout_r1_slots_before: float  # the same, each query with N zero soft tokens appended
-    heldout_r1_slots_after: float
 
 
 def symmetric_info_nce(queries: torch.Tensor, videos: torch.Tensor, tau: float) -> torch.Tensor:
@@ -93,24 +82,17 @@ class AttributeProbes(nn.Module):
         return out
 
 
-def _r1(embedder: Embedder, videos: dict, queries: list[dict], num_slots: int = 0) -> float:
+def _r1(embedder: Embedder, videos: dict, queries: list[dict]) -> float:
     ids = sorted(videos)
-    texts = [r["text"] for r in queries]
     with torch.no_grad():
         v = embedder.video_vectors([videos[i] for i in ids])
-        q = with_zero_slots(embedder, texts, num_slots) if num_slots else embedder.encode_queries(texts)
+        q = embedder.encode_queries([r["text"] for r in queries])
     top = (q @ v.T).argmax(dim=1).tolist()
     return float(np.mean([ids[t] == r["video_id"] for t, r in zip(top, queries, strict=True)]))
 
 
-def with_zero_slots(embedder: Embedder, texts: list[str], num_slots: int) -> torch.Tensor:
-    """Query vectors with N zero soft tokens appended: an unmoved refinement."""
-    zeros = torch.zeros(len(texts), num_slots, embedder.dim, device=embedder.device)
-    return embedder.encode_queries(texts, zeros, projector=nn.Identity())
-
-
 def pretrain_embedder(embedder_dir: Path, corpus: SynthCorpus, video: VideoConfig,
-                      pcfg: TinyEmbedderPretrainConfig, seed: int, num_slots: int = 8,
+                      pcfg: TinyEmbedderPretrainConfig, seed: int,
                       progress: bool = True) -> PretrainReport:
     """Trains the embedder saved in embedder_dir in place and saves it back."""
     if pcfg.steps < 1:
@@ -132,8 +114,7 @@ def pretrain_embedder(embedder_dir: Path, corpus: SynthCorpus, video: VideoConfi
         raise ValueError(f"embedder pretraining: {corpus.num_videos} videos are too few for batches of "
                          f"{pcfg.backgrounds_per_batch} backgrounds x {per_bg} videos plus a test split")
 
-    held_videos = {v: decoded[v] for v in held_ids}
-    before = [_r1(embedder, held_videos, heldout, n) for n in (0, num_slots)]
+    before = _r1(embedder, {v: decoded[v] for v in held_ids}, heldout)
     model = embedder.model.train().requires_grad_(True)
     probes = AttributeProbes(embedder.dim).to(embedder.device)
     rng = np.random.default_rng(seed)
@@ -143,18 +124,14 @@ def pretrain_embedder(embedder_dir: Path, corpus: SynthCorpus, video: VideoConfi
         ids = [v for bg in backgrounds for v in rng.choice(by_background[bg], size=per_bg, replace=False)]
         batch = [scenes[v] for v in ids]
         events = [s.events[rng.integers(len(s.events))] for s in batch]
-        texts = [s.describe(e) for s, e in zip(batch, events, strict=True)]
-        q = embedder.encode_queries(texts)
+        q = embedder.encode_queries([s.describe(e) for s, e in zip(batch, events, strict=True)])
         v = embedder.video_vectors([decoded[i] for i in ids])
-        q_slots = with_zero_slots(embedder, texts, num_slots)
-        return (symmetric_info_nce(q, v, pcfg.tau) + pcfg.probe_weight * probes.loss(v, q, batch, events)
-                + pcfg.slot_weight * symmetric_info_nce(q_slots, v, pcfg.tau))
+        return symmetric_info_nce(q, v, pcfg.tau) + pcfg.probe_weight * probes.loss(v, q, batch, events)
 
     losses = fit([*model.parameters(), *probes.parameters()], next_loss, steps=pcfg.steps,
                  lr=pcfg.lr, warmup_steps=pcfg.warmup_steps, desc="pretrain tiny embedder",
                  progress=progress, clip=model.parameters())
     model.eval().requires_grad_(False)
     model.save_pretrained(embedder_dir, safe_serialization=True)
-    after = [_r1(embedder, held_videos, heldout, n) for n in (0, num_slots)]
-    return PretrainReport(pcfg.steps, losses[0], losses[-1], len(heldout), before[0], after[0],
-                          before[1], after[1])
+    return PretrainReport(pcfg.steps, losses[0], losses[-1], len(heldout), before,
+                          _r1(embedder, {v: decoded[v] for v in held_ids}, heldout))

@@ -7,10 +7,32 @@ from models.tokenizer import SQR_SLOT_TOKEN
 TEXTS = ["a red circle moves left on a navy background", "a blue square", "x"]
 
 
+@pytest.fixture(scope="module")
+def embedder(cfg, model_dirs):
+    """The session's embedder, its append projector no longer zero (as after training)."""
+    from retrieval_service.embedder import Embedder
+
+    policy_dir, embedder_dir = model_dirs
+    out = Embedder(embedder_dir, policy_dir, cfg.model.dtype, cfg.model.embed_instruction, cfg.video)
+    with torch.no_grad():
+        out.heads.append_projector[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
+    return out
+
+
 def manual_query(embedder, text: str, soft: torch.Tensor | None) -> torch.Tensor:
-    """One query, no padding: chat template, embedding lookup, slots overwritten one by one,
-    an inputs_embeds forward, the last token's hidden state, L2 norm."""
-    n = 0 if soft is None else soft.shape[0]
+    """One query, no padding: the plain query's vector plus what the slots change (the
+    same forward with zero slot inputs subtracted), L2 norm."""
+    if soft is None:
+        return raw_query(embedder, text, None)
+    refined = raw_query(embedder, text, embedder.heads.to_embedder(soft))
+    baseline = raw_query(embedder, text, torch.zeros(soft.shape[0], embedder.dim))
+    return torch.nn.functional.normalize(raw_query(embedder, text, None) + refined - baseline, dim=-1)
+
+
+def raw_query(embedder, text: str, slot_embeds: torch.Tensor | None) -> torch.Tensor:
+    """Chat template, embedding lookup, slots overwritten one by one, an inputs_embeds
+    forward, the last token's hidden state, L2 norm."""
+    n = 0 if slot_embeds is None else slot_embeds.shape[0]
     messages = [{"role": "system", "content": [{"type": "text", "text": embedder.instruction}]},
                 {"role": "user", "content": [{"type": "text", "text": text + SQR_SLOT_TOKEN * n}]}]
     prompt = embedder.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -18,8 +40,8 @@ def manual_query(embedder, text: str, soft: torch.Tensor | None) -> torch.Tensor
     embeds = embedder.model.get_input_embeddings()(ids)
     slots = (ids[0] == embedder.slot_id).nonzero().flatten().tolist()
     assert len(slots) == n
-    if soft is not None:
-        projected = embedder.heads.to_embedder(soft)
+    if slot_embeds is not None:
+        projected = slot_embeds
         rows = [embeds[0, i] for i in range(ids.shape[1])]
         for j, pos in enumerate(slots):
             rows[pos] = projected[j]
@@ -47,6 +69,17 @@ def test_soft_token_path_equals_manual_inputs_embeds_forward(embedder):
     plain = torch.stack([manual_query(embedder, t, None) for t in TEXTS])
     torch.testing.assert_close(embedder.encode_queries(TEXTS), plain, atol=1e-5, rtol=0)
     assert (batched - plain).norm(dim=-1).min() > 1e-3, "the soft tokens change the query"
+
+
+def test_a_zero_append_projector_searches_exactly_as_the_text(embedder):
+    """A fresh SQR append projector outputs zero: the refinement starts at the plain query."""
+    n, d = embedder.soft_shape
+    soft = torch.randn(len(TEXTS), n, d)
+    zero = torch.nn.Linear(d, embedder.dim)
+    torch.nn.init.zeros_(zero.weight)
+    torch.nn.init.zeros_(zero.bias)
+    torch.testing.assert_close(embedder.encode_queries(TEXTS, soft, projector=zero),
+                               embedder.encode_queries(TEXTS), atol=1e-6, rtol=0)
 
 
 def test_gradient_reaches_soft_tokens_and_a_trainable_projector(embedder):

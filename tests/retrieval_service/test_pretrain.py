@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -28,22 +26,6 @@ def test_a_short_pretraining_lowers_the_loss_and_saves_the_embedder(synth, model
     report = pretrain_embedder(embedder_dir, synth, VideoConfig(max_frames=8), pcfg, 0, progress=False)
     assert report.steps == 40 and report.heldout_queries > 0
     assert report.last_loss < report.first_loss
-    assert 0.0 <= report.heldout_r1_slots_after <= 1.0
-
-
-def test_queries_with_zero_soft_tokens_are_trained_to_retrieve_too(synth, model_dirs, tmp_path):
-    """The slot term is in the loss: the same first step costs its InfoNCE (~ln batch) more."""
-    import shutil
-
-    first = {}
-    for weight in (0.0, 1.0):
-        embedder_dir = tmp_path / f"embedder{weight}"
-        shutil.copytree(model_dirs[1], embedder_dir)
-        pcfg = TinyEmbedderPretrainConfig(steps=1, batch_size=8, backgrounds_per_batch=2,
-                                          warmup_steps=1, slot_weight=weight)
-        first[weight] = pretrain_embedder(embedder_dir, synth, VideoConfig(max_frames=8), pcfg, 0,
-                                          progress=False).first_loss
-    assert first[1.0] - first[0.0] > 0.5 * math.log(8)
     assert (embedder_dir / "model.safetensors").stat().st_mtime > (model_dirs[1] / "model.safetensors").stat().st_mtime
 
 
