@@ -29,6 +29,7 @@ from actors.rollout_pool import Weights, WorkerPool
 from actors.train_metrics import TrainMetrics
 from config.schema import Config
 from corpus.tables import CorpusTables, load_corpus
+from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
 from models.loading import resolve_model_dirs
 from retrieval_service.indexing import build_index, read_embeddings
@@ -102,7 +103,8 @@ def stage_sft(s: Session, state: JobState) -> dict:
                                   cfg.learner.infonce_negatives, cfg.train.seed,
                                   annotated=s.corpus.annotated("train"))
     learner = LearnerGroup(cfg)
-    learner.build("sft", s.policy_dir, s.embedder_dir)
+    learner.build("sft", s.policy_dir, s.embedder_dir,
+                  ds_overrides=sft_schedule(cfg.train.sft_steps, cfg.learner))
     batch = (cfg.learner.micro_batch_size * cfg.learner.grad_accum_steps
              * cfg.resources.num_learner_ranks)
     history = []

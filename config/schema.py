@@ -177,6 +177,10 @@ class LearnerConfig:
     zero_stage: int = 2
     lr: float = 1e-4
     grpo_lr: float | None = None  # GRPO's learning rate; None: the same as lr
+    # SFT warms up linearly over this fraction of its steps, then decays (cosine) to
+    # sft_min_lr_ratio x lr at its last step (learner.engine.sft_schedule says why).
+    sft_warmup_fraction: float = 0.05
+    sft_min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     clip_eps: float = 0.2

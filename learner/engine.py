@@ -80,6 +80,23 @@ def ds_config(lcfg: LearnerConfig, world: int, overrides: dict | None = None) ->
     return _merge(cfg, overrides or {})
 
 
+def sft_schedule(steps: int, lcfg: LearnerConfig) -> dict:
+    """ds_config overrides for SFT's learning rate: linear warm-up, then cosine decay.
+
+    At a constant 1e-3 the SFT policy's verdicts ended where its last few batches had pushed
+    them: from the same pretrained models one run accepted 75 % of right and 21 % of wrong
+    videos, the next 92 % and 88 % (measured). A decaying rate ends on an average of the data.
+    """
+    if steps < 1 or not 0 <= lcfg.sft_warmup_fraction < 1 or not 0 <= lcfg.sft_min_lr_ratio <= 1:
+        raise ValueError(f"SFT schedule needs steps >= 1, a warm-up fraction in [0, 1) and a "
+                         f"minimum ratio in [0, 1]; got {steps}, {lcfg.sft_warmup_fraction}, "
+                         f"{lcfg.sft_min_lr_ratio}")
+    return {"scheduler": {"type": "WarmupCosineLR", "params": {
+        "total_num_steps": steps,
+        "warmup_num_steps": max(2, round(lcfg.sft_warmup_fraction * steps)),
+        "warmup_type": "linear", "warmup_min_ratio": 0.1, "cos_min_ratio": lcfg.sft_min_lr_ratio}}}
+
+
 def build_engine(module: torch.nn.Module, lcfg: LearnerConfig, world: int,
                  overrides: dict | None = None):
     import deepspeed

@@ -185,3 +185,18 @@ def test_weight_sync_makes_vllm_greedy_equal_the_learner(group, learner_cfg, mod
     assert got.prompt_ids == inputs["input_ids"][0].tolist()
     assert got.response_ids == greedy(_hf_model(model_dirs, ray.get(w.model_ref)))
     assert got.response_ids != greedy(load_policy(model_dirs[0])[0].eval()), "the update mattered"
+
+
+def test_sft_learning_rate_warms_up_then_decays_to_its_floor(group, learner_cfg, model_dirs,
+                                                             sft_examples):
+    from learner.engine import sft_schedule
+
+    lcfg = learner_cfg.learner
+    steps = 8
+    group.build("sft", model_dirs[0], model_dirs[1], ds_overrides=sft_schedule(steps, lcfg))
+    lrs = [group.sft_step(sft_examples[:4])["lr"] for _ in range(steps)]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < steps - 1 and 0.8 * lcfg.lr < max(lrs) <= lcfg.lr
+    assert lrs[:peak + 1] == sorted(lrs[:peak + 1])  # warm-up
+    assert lrs[peak:] == sorted(lrs[peak:], reverse=True)  # cosine decay
+    assert lrs[-1] < 2 * lcfg.sft_min_lr_ratio * lcfg.lr

@@ -208,3 +208,13 @@ def test_sft_gradient_reaches_the_refine_projector_only_through_infonce(
     assert module.policy.model.visual.patch_embed.proj.weight.grad is None
     matched_only = [r for r in rows if r.nce_weight == 0]
     assert all(g is None or not g.any() for g in head_grads(matched_only).values())
+
+
+@pytest.mark.parametrize("field,value", [("sft_warmup_fraction", 1.0), ("sft_min_lr_ratio", -0.1)])
+def test_sft_schedule_rejects_nonsense(learner_cfg, field, value):
+    from learner.engine import sft_schedule
+
+    with pytest.raises(ValueError, match="SFT schedule"):
+        sft_schedule(10, dataclasses.replace(learner_cfg.learner, **{field: value}))
+    with pytest.raises(ValueError, match="SFT schedule"):
+        sft_schedule(0, learner_cfg.learner)
