@@ -8,7 +8,9 @@ answer, pred_start, pred_end, is_final``. Per query, on a given row:
 * R1@θ (VCMR): VR, answered "matched", and IoU(predicted span, gt span) >= θ.
 
 "final" scores each query on its final row; "per_turn" scores the rows of each turn, which
-shows what later turns of refinement add. Values are percentages, except "reward": where the
+shows what later turns of refinement add. final["VR@any"] counts the queries whose
+ground-truth video was the top-1 of any of their turns: what the search put in front of the
+verifier, whether or not the verifier then took it. Values are percentages, except "reward": where the
 rows carry ``episode_reward``, final also holds its mean over queries (the number GRPO
 normalises, rollout.rewards.episode_total), which compares models on the training objective.
 """
@@ -75,6 +77,9 @@ def compute_metrics(
     per_turn = {t: _score(list(q.values()), iou_thresholds) for t, q in sorted(by_turn.items())}
     last = final_rows(rows)
     final = _score(last, iou_thresholds)
+    shown = {r["query_id"] for r in rows
+             if r["pred_video_id"] is not None and r["pred_video_id"] == r["gt_video_id"]}
+    final["VR@any"] = 100.0 * len(shown) / len(last) if last else 0.0
     if last and all("episode_reward" in row for row in last):
         final["reward"] = sum(float(row["episode_reward"]) for row in last) / len(last)
     return {"final": final, "per_turn": per_turn}

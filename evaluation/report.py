@@ -14,16 +14,17 @@ COLUMNS = ("R1@0.3", "R1@0.5", "R1@0.7", "VER", "VR")
 
 
 def comparison_table(evals: dict[str, dict]) -> str:
-    """evals: tag -> compute_metrics output. Final metrics plus single-shot (turn-1) VR and
-    the mean episode reward."""
+    """evals: tag -> compute_metrics output. Final metrics plus single-shot (turn-1) VR, the
+    ground truth shown at any turn, and the mean episode reward."""
     head = (f"{'model':<14}" + "".join(f"{c:>9}" for c in COLUMNS)
-            + f"{'VR@turn1':>10}{'reward':>8}{'n':>5}")
+            + f"{'VR@turn1':>10}{'VR@any':>8}{'reward':>8}{'n':>5}")
     lines = [head, "-" * len(head)]
     for tag, m in evals.items():
         final = m["final"]
         turn1 = m["per_turn"].get(1, m["per_turn"].get("1", {})).get("VR", 0.0)
         lines.append(f"{tag:<14}" + "".join(f"{final[c]:>9.1f}" for c in COLUMNS)
-                     + f"{turn1:>10.1f}{final.get('reward', float('nan')):>8.3f}"
+                     + f"{turn1:>10.1f}{final.get('VR@any', float('nan')):>8.1f}"
+                     + f"{final.get('reward', float('nan')):>8.3f}"
                      + f"{final['num_queries']:>5}")
     return "\n".join(lines)
 

@@ -41,8 +41,10 @@ ROWS = [
     row("q4", 1, "v4", "v4", "not_matched", None, False),
     row("q4", 2, "v4", "v4", "matched", (0.0, 20.0), True),
 ]
-# final (q1, q2, q3, q4): R@.3 = 3/4, R@.5 = 2/4 (q2, q4), R@.7 = 1/4 (q2), VER 3/4, VR 3/4
-FINAL = {"R1@0.3": 75.0, "R1@0.5": 50.0, "R1@0.7": 25.0, "VER": 75.0, "VR": 75.0, "num_queries": 4}
+# final (q1, q2, q3, q4): R@.3 = 3/4, R@.5 = 2/4 (q2, q4), R@.7 = 1/4 (q2), VER 3/4, VR 3/4;
+# ground truth shown at some turn: q1, q2, q4 = 3/4
+FINAL = {"R1@0.3": 75.0, "R1@0.5": 50.0, "R1@0.7": 25.0, "VER": 75.0, "VR": 75.0, "VR@any": 75.0,
+         "num_queries": 4}
 # turn 1 (q1..q4 first rows): VR q2, q4 = 2/4; VER q1, q2 = 2/4; R only q2 = 1/4
 TURN1 = {"R1@0.3": 25.0, "R1@0.5": 25.0, "R1@0.7": 25.0, "VER": 50.0, "VR": 50.0, "num_queries": 4}
 # turn 2 (q1, q3, q4): VR q1, q4; VER q1, q4; R@.3 q1, q4; R@.5 q4; R@.7 none
@@ -70,7 +72,7 @@ def test_custom_thresholds_and_row_order():
     m = compute_metrics(list(reversed(ROWS)), iou_thresholds=(0.1, 0.95))
     # q1 1/3, q2 0.9, q4 0.5 pass 0.1; none pass 0.95
     assert m["final"] == pytest.approx(
-        {"R1@0.1": 75.0, "R1@0.95": 0.0, "VER": 75.0, "VR": 75.0, "num_queries": 4}
+        {"R1@0.1": 75.0, "R1@0.95": 0.0, "VER": 75.0, "VR": 75.0, "VR@any": 75.0, "num_queries": 4}
     )
 
 
@@ -91,8 +93,17 @@ def test_missing_is_final_falls_back_to_last_turn():
 def test_matched_without_span_is_not_a_hit():
     m = compute_metrics([row("q", 1, "v", "v", "matched", None, True)])
     assert m["final"] == pytest.approx(
-        {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "VER": 100.0, "VR": 100.0, "num_queries": 1}
+        {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "VER": 100.0, "VR": 100.0, "VR@any": 100.0,
+         "num_queries": 1}
     )
+
+
+def test_ground_truth_shown_then_rejected_counts_for_vr_at_any_turn_only():
+    rows = [row("q", 1, "v", "v", "not_matched", None, False),
+            row("q", 2, "v", "x", "not_matched", None, True),
+            row("p", 1, "w", "y", "not_matched", None, True)]
+    final = compute_metrics(rows)["final"]
+    assert final["VR"] == 0.0 and final["VR@any"] == 50.0
 
 
 def test_reward_is_the_mean_episode_reward_over_queries():
@@ -104,7 +115,8 @@ def test_reward_is_the_mean_episode_reward_over_queries():
 
 
 def test_empty_input():
-    zeros = {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "VER": 0.0, "VR": 0.0, "num_queries": 0}
+    zeros = {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "VER": 0.0, "VR": 0.0, "VR@any": 0.0,
+             "num_queries": 0}
     assert compute_metrics([]) == {"final": zeros, "per_turn": {}}
     schema = pa.schema([("query_id", pa.string()), ("turn", pa.int64())])
     assert compute_metrics(schema.empty_table()) == {"final": zeros, "per_turn": {}}
