@@ -101,8 +101,7 @@ def stage_sft(s: Session, state: JobState) -> dict:
     rows = [r for r in s.corpus.rows if r["split"] == "train"]
     examples = build_sft_examples(rows, s.corpus.video_paths, vectors, topk,
                                   cfg.learner.infonce_negatives, cfg.train.seed,
-                                  annotated=s.corpus.annotated("train"),
-                                  wrong_per_query=cfg.train.sft_wrong_per_query)
+                                  annotated=s.corpus.annotated("train"))
     learner = LearnerGroup(cfg)
     learner.build("sft", s.policy_dir, s.embedder_dir,
                   ds_overrides=sft_schedule(cfg.train.sft_steps, cfg.learner))

@@ -202,8 +202,6 @@ class LearnerConfig:
 @dataclass
 class TrainConfig:
     sft_steps: int = 30
-    # Not-matched SFT examples per training query (one matched): learner.sft_data says why.
-    sft_wrong_per_query: int = 2
     grpo_steps: int = 20
     queries_per_step: int = 4
     eval_split: str = "test"

@@ -1,9 +1,6 @@
 """SFT cold-start examples from the corpus: for every training query, one turn whose top-1 is
-the ground-truth video (target: matched, with the ground-truth span) and `wrong_per_query`
-turns whose top-1 is a wrong video (target: not_matched, then the soft tokens must find the
-right one). The agent is shown far more wrong videos than right ones (the single-shot top-1
-is wrong for two thirds of the queries, and later turns follow wrong ones), and a verdict
-prior learnt from one-to-one examples accepted 21 of 37 wrong videos shown (measured).
+the ground-truth video (target: matched, with the ground-truth span) and one whose top-1 is a
+wrong video (target: not_matched, then the soft tokens must find the right one).
 
 The reasoning first says what the shown video contains (its annotated training moments, in
 time order, in the sentence the pretrained policy describes videos with; for the synthetic
@@ -13,7 +10,7 @@ which of them is the query, or none. A bare "shows / does not show" verdict puts
 decision on one early token, and the tiny policy learnt only a prior from it (VER 50 % on the
 test split); looking first, then comparing, is what the trace teaches instead.
 
-The wrong top-1s shown are the best-ranked wrong *annotated training* videos of the unrefined
+The wrong top-1 shown is the best-ranked wrong *annotated training* video of the unrefined
 query's search (what the agent would really have been shown; only training annotations may
 be written into a target), falling back to the best-ranked wrong video. InfoNCE negatives
 follow the rollout's order: the best-ranked wrong video, then hard negatives from the top-k
@@ -69,16 +66,13 @@ def _negatives(gt: str, ranked: list[str], pool: list[str], k: int,
 def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
                        vectors: dict[str, np.ndarray], topk: dict[str, list[str]],
                        num_negatives: int, seed: int,
-                       annotated: list[dict] | None = None,
-                       wrong_per_query: int = 1) -> list[SFTExample]:
+                       annotated: list[dict] | None = None) -> list[SFTExample]:
     """`queries`: rows of the query table to make examples of; `annotated`: the training rows
     whose moments the reasoning may describe (default: `queries`); `topk`: query_id -> video
     ids the unrefined query retrieved, best first. Returns matched and not-matched examples,
     shuffled (seeded)."""
     if num_negatives < 1:
         raise ValueError("the not-matched example shows a negative: num_negatives must be >= 1")
-    if wrong_per_query < 1:
-        raise ValueError(f"wrong_per_query must be >= 1, got {wrong_per_query}")
     rng = np.random.default_rng(seed)
     pool = sorted(v for v in video_paths if v in vectors)
     moments: dict[str, list[tuple[str, float, float]]] = {}
@@ -93,9 +87,8 @@ def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
         negs = _negatives(gt, ranked, pool, num_negatives, rng)
         neg_vecs = np.stack([vectors[v] for v in negs]).astype(np.float32)
         pos = np.asarray(vectors[gt], np.float32)
-        wrong = [v for v in dict.fromkeys([*ranked, *negs]) if v != gt and v in moments]
-        shown_wrong = wrong[:wrong_per_query] or negs[:1]
-        for answer, shown in [("matched", gt), *(("not_matched", v) for v in shown_wrong)]:
+        wrong = next((v for v in [*ranked, *negs] if v != gt and v in moments), negs[0])
+        for answer, shown in (("matched", gt), ("not_matched", wrong)):
             span = (q["start_s"], q["end_s"]) if answer == "matched" else (None, None)
             think = reasoning(moments.get(shown, []), answer, *span)
             out.append(SFTExample(qid, q["text"], shown, video_paths[shown], answer,

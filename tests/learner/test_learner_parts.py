@@ -130,21 +130,6 @@ def test_sft_reasoning_uses_only_the_annotations_it_is_given(learner_cfg, corpus
     assert "None of them is the query." in wrong.target
 
 
-def test_sft_shows_the_next_best_ranked_wrong_videos_too(learner_cfg, corpus_rows):
-    queries, paths = corpus_rows
-    q = queries[0]
-    others = list(dict.fromkeys(r["video_id"] for r in queries if r["video_id"] != q["video_id"]))[:3]
-    vectors = {v: np.full(4, 0.5, np.float32) for v in paths}
-    examples = build_sft_examples([q], paths, vectors, {q["query_id"]: others},
-                                  learner_cfg.learner.infonce_negatives, 0, annotated=queries,
-                                  wrong_per_query=2)
-    shown = sorted((e.answer, e.video_id) for e in examples)
-    assert shown == sorted([("matched", q["video_id"]), ("not_matched", others[0]),
-                            ("not_matched", others[1])])
-    with pytest.raises(ValueError, match="wrong_per_query"):
-        build_sft_examples([q], paths, vectors, {}, 2, 0, wrong_per_query=0)
-
-
 def test_sft_examples_pair_matched_and_not_matched_turns(learner_cfg, sft_examples, corpus_rows):
     queries, paths = corpus_rows
     k = learner_cfg.learner.infonce_negatives
