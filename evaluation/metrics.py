@@ -10,8 +10,8 @@ answer, pred_start, pred_end, is_final``. Per query, on a given row:
 "final" scores each query on its final row; "per_turn" scores the rows of each turn, which
 shows what later turns of refinement add. final["VR@any"] counts the queries whose
 ground-truth video was the top-1 of any of their turns: what the search put in front of the
-verifier, whether or not the verifier then took it. Values are percentages, except "reward": where the
-rows carry ``episode_reward``, final also holds its mean over queries (the number GRPO
+verifier, whether or not the verifier then took it. Values are percentages, except "reward":
+where the rows carry ``episode_reward``, final also holds its mean over queries (the number GRPO
 normalises, rollout.rewards.episode_total), which compares models on the training objective.
 """
 

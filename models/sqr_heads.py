@@ -41,8 +41,8 @@ class SQRHeads(nn.Module):
         self.cfg = cfg
         self.refine_projector = _mlp(cfg.policy_hidden, cfg.soft_dim)
         self.append_projector = _mlp(cfg.soft_dim, cfg.embedder_hidden)
-        # Zero output at first: a refinement starts as the unrefined query (with an embedder
-        # that ignores zero slots, retrieval_service.pretrain) and learning moves it from there.
+        # Zero output at first: with the embedder's residual read-out (Embedder.encode_queries)
+        # a refinement then searches exactly as the unrefined query, and learning moves it.
         nn.init.zeros_(self.append_projector[-1].weight)
         nn.init.zeros_(self.append_projector[-1].bias)
 
