@@ -143,8 +143,7 @@ def _reward_means(episodes) -> dict[str, float]:
         parts["verification"].append(np.mean([t.reward_verification for t in turns]))
         parts["retrieval"].append(np.mean([t.reward_retrieval for t in turns]))
         parts["grounding"].append(np.mean([t.reward_grounding for t in turns]))
-        parts["found"].append(float(turns[-1].answer == "matched"
-                                    and turns[-1].video_id == turns[-1].gt_video_id))
+        parts["found"].append(turns[-1].reward_found)
         parts["total"].append(episode_reward(turns))
     return {k: float(np.mean(v)) for k, v in parts.items()}
 

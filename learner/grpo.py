@@ -10,6 +10,7 @@ sampler gap is reported as a health metric.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -41,9 +42,7 @@ def grpo_rows(turns: list[Turn], videos: VideoInputs, std_normalize: bool) -> li
     unweighted, a three-turn (rejecting) episode pulls three times as hard as a one-turn
     (accepting) one. (Suspected, not shown, to be why GRPO learns to reject everything on the
     tiny default: that collapse happened with and without this weighting.)"""
-    per_episode: dict[str, int] = {}
-    for t in turns:
-        per_episode[t.episode_id] = per_episode.get(t.episode_id, 0) + 1
+    per_episode = Counter(t.episode_id for t in turns)
     rows = []
     for t, adv in zip(turns, turn_advantages(turns, std_normalize), strict=True):
         if len(t.sampling_logprobs) != len(t.response_ids):

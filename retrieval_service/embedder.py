@@ -158,9 +158,8 @@ class Embedder:
         `projector` replaces the loaded append projector, so that the learner can pass the
         one it trains and its gradients flow too.
         """
-        plain = self._encode_text(texts)
         if soft_tokens is None:
-            return plain
+            return self._encode_text(texts)
         if soft_tokens.ndim != 3 or soft_tokens.shape[0] != len(texts):
             raise ValueError(f"soft_tokens must be [B={len(texts)}, N, D], got "
                              f"{tuple(soft_tokens.shape)}")
@@ -177,7 +176,7 @@ class Embedder:
         out = self.model(inputs_embeds=torch.cat([with_soft, with_zero]), attention_mask=mask,
                          position_ids=positions(mask))
         refined, baseline = self._normalise(out, mask).chunk(2)
-        return nn.functional.normalize(plain + refined - baseline, dim=-1)
+        return nn.functional.normalize(self._encode_text(texts) + refined - baseline, dim=-1)
 
     def _encode_text(self, texts: list[str]) -> torch.Tensor:
         batch = self.tokenize_queries(texts, 0)

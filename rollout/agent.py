@@ -142,6 +142,7 @@ def _set_rewards(turn: Turn, parts: RewardParts, cfg: Config) -> RewardParts:
     turn.reward_verification = parts.verification
     turn.reward_retrieval = parts.retrieval or 0.0
     turn.reward_grounding = parts.grounding
+    turn.reward_found = float(parts.found)
     turn.reward = total_reward(parts, cfg.reward)
     return parts
 

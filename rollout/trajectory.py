@@ -40,6 +40,7 @@ TURN_SCHEMA = pa.schema([
     ("reward_verification", pa.float64()),
     ("reward_retrieval", pa.float64()),
     ("reward_grounding", pa.float64()),
+    ("reward_found", pa.float64()),
     ("reward", pa.float64()),
     ("episode_reward", pa.float64()),
     ("is_final", pa.bool_()),
@@ -75,6 +76,7 @@ class Turn:
     reward_verification: float = 0.0
     reward_retrieval: float = 0.0
     reward_grounding: float = 0.0
+    reward_found: float = 0.0  # 1.0 when the turn accepted the ground-truth video
     reward: float = 0.0
     episode_reward: float = 0.0  # what GRPO normalises; every turn of an episode holds it
     is_final: bool = False
