@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
@@ -34,6 +35,7 @@ from learner.sft_data import build_sft_examples
 from models.loading import resolve_model_dirs
 from retrieval_service.indexing import build_index, read_embeddings
 from rollout.agent import Query
+from rollout.trajectory import turns_to_table
 
 STAGES = ("index", "sft", "grpo", "eval")
 
@@ -133,6 +135,14 @@ def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Quer
     return out
 
 
+def _save_rollouts(folder: Path, step: int, episodes) -> None:
+    """Every turn of a GRPO step as Parquet (rollout.trajectory schema): what the learner
+    trained on, for looking into a run afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(turns_to_table([t for turns in episodes for t in turns]),
+                   folder / f"grpo_{step:06d}.parquet")
+
+
 def _reward_means(episodes) -> dict[str, float]:
     from rollout.agent import episode_reward
 
@@ -183,6 +193,7 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
                                            seed=cfg.train.seed * 7919 + step))
         episodes = [turns for group in groups for turns in group]
         rollout_s = time.perf_counter() - started
+        _save_rollouts(s.work / "rollouts", step, episodes)
         rewards = _reward_means(episodes)
         metrics = learner.grpo_step([t for turns in episodes for t in turns])
         sync_started = time.perf_counter()

@@ -10,7 +10,6 @@ sampler gap is reported as a health metric.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -38,11 +37,9 @@ def turn_advantages(turns: list[Turn], std_normalize: bool) -> list[float]:
 
 
 def grpo_rows(turns: list[Turn], videos: VideoInputs, std_normalize: bool) -> list[Row]:
-    """One row per turn, weighted 1 / (turns in its episode) so that every episode counts once:
-    unweighted, a three-turn (rejecting) episode pulls three times as hard as a one-turn
-    (accepting) one. (Suspected, not shown, to be why GRPO learns to reject everything on the
-    tiny default: that collapse happened with and without this weighting.)"""
-    per_episode = Counter(t.episode_id for t in turns)
+    """One row per turn, each with its episode's advantage: an episode's log-prob is the sum
+    over its turns, so every turn counts in full (weighting turns 1 / turns-in-episode biased
+    the gradient and did not stop the collapse it was meant to)."""
     rows = []
     for t, adv in zip(turns, turn_advantages(turns, std_normalize), strict=True):
         if len(t.sampling_logprobs) != len(t.response_ids):
@@ -50,8 +47,7 @@ def grpo_rows(turns: list[Turn], videos: VideoInputs, std_normalize: bool) -> li
                              f"for {len(t.response_ids)} response tokens")
         video = videos.for_turn(t.video_path, t.frame_times) if t.video_path else None
         rows.append(Row(ids=list(t.prompt_ids) + list(t.response_ids), mask=t.loss_mask,
-                        video=video, sampled=list(t.sampling_logprobs), advantage=adv,
-                        weight=1.0 / per_episode[t.episode_id]))
+                        video=video, sampled=list(t.sampling_logprobs), advantage=adv))
     return rows
 
 

@@ -68,6 +68,12 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
         sub = json.loads(open(f"{out}/tvr_submission.json").read())
         assert len(sub["VCMR"]) == results["eval"][tag]["final"]["num_queries"]
     assert results["stages"]["grpo"]["steps"] == 2
+    rollouts = sorted(os.listdir(f"{work}/rollouts"))
+    assert rollouts == ["grpo_000000.parquet", "grpo_000001.parquet"]
+    step0 = pq.read_table(f"{work}/rollouts/{rollouts[0]}")
+    assert set(step0.column("sample").to_pylist()) == set(range(short_cfg.rollout.group_size))
+    assert step0.column("is_final").to_pylist().count(True) == (
+        short_cfg.rollout.group_size * short_cfg.train.queries_per_step)
     assert os.path.getsize(results["plot"]) > 1000
     assert any(name.startswith("events") for name in os.listdir(f"{work}/tensorboard"))
     state = json.loads(open(f"{work}/job_state.json").read())

@@ -87,12 +87,14 @@ def test_every_turn_gets_its_episodes_group_advantage(grpo_turns):
     assert turn_advantages(grpo_turns, std_normalize=True) == pytest.approx([-1, 1, -1, 1], abs=1e-5)
 
 
-def test_every_episode_counts_once_however_many_turns(grpo_turns, processor, cfg):
+def test_every_turn_of_an_episode_counts_in_full(grpo_turns, processor, cfg):
+    """The episode's log-prob is the sum over its turns: no turn is down-weighted."""
     first = dataclasses.replace(grpo_turns[1], is_final=False)
     second = dataclasses.replace(grpo_turns[1], turn=2)
     turns = [grpo_turns[0], first, second, *grpo_turns[2:]]
     rows = grpo_rows(turns, VideoInputs(processor, cfg.video), std_normalize=False)
-    assert [r.weight for r in rows] == [1.0, 0.5, 0.5, 1.0, 1.0]
+    assert [r.weight for r in rows] == [1.0] * 5
+    assert rows[1].advantage == rows[2].advantage != 0
 
 
 def test_a_large_logprob_mismatch_is_a_warning(caplog):
