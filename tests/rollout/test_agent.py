@@ -56,26 +56,55 @@ def world(cfg, model_dirs, synth):
     policy.shutdown()
 
 
-def test_wrong_top1_leads_to_soft_tokens_refined_search_and_a_second_turn(cfg, world):
-    corpus, retriever, policy = world
-    two_turns = replace(cfg, rollout=replace(cfg.rollout, max_turns=2))
-    # A test query whose unrefined top-1 is wrong.
+class Rejecting:
+    """The real policy with its verdict replaced by a parseable not_matched, which a random
+    tiny policy rarely writes, so that the refinement path runs on real soft tokens."""
+
+    TEXT = "<think>None of them is the query.</think> <answer>not_matched</answer> <REFINE>"
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    async def generate(self, *args, **kwargs):
+        return replace(await self.policy.generate(*args, **kwargs), text=self.TEXT)
+
+    async def soft_tokens(self, *args):
+        return await self.policy.soft_tokens(*args)
+
+
+def _wrong_top1_query(corpus, retriever):
     for q in corpus.queries("test"):
         first = asyncio.run(retriever.search(q.text, None, 10))
         if first.video_ids[0] != q.video_id:
-            break
-    else:
-        pytest.fail("the untrained embedder got every test query right")
+            return q, first
+    pytest.fail("the untrained embedder got every test query right")
+
+
+def test_unparseable_output_ends_the_episode_without_refining(cfg, world):
+    corpus, retriever, policy = world
+    q, _ = _wrong_top1_query(corpus, retriever)
+    retriever.searches.clear()
+    turns = asyncio.run(run_episode(q, 0, policy, retriever, corpus.video_path, cfg, seed=1))
+    if turns[0].answer is not None:  # possible for a random policy, if unlikely
+        pytest.fail(f"random policy wrote a verdict: {turns[0].response_text!r}")
+    assert len(turns) == 1 and turns[0].is_final and retriever.searches == [False]
+    assert turns[0].soft_tokens == [] and turns[0].reward_verification == -1.0
+
+
+def test_wrong_top1_leads_to_soft_tokens_refined_search_and_a_second_turn(cfg, world):
+    corpus, retriever, real_policy = world
+    policy = Rejecting(real_policy)
+    two_turns = replace(cfg, rollout=replace(cfg.rollout, max_turns=2))
+    q, first = _wrong_top1_query(corpus, retriever)
     retriever.searches.clear()
     turns = asyncio.run(run_episode(q, 0, policy, retriever, corpus.video_path, two_turns, seed=1))
     assert turns[0].video_id == first.video_ids[0] != q.video_id
-    if turns[0].answer == "matched":  # possible for a random policy, if unlikely
-        pytest.fail(f"random policy answered matched: {turns[0].response_text!r}")
+    assert turns[0].answer == "not_matched" and turns[0].reward_verification == 1.0
     assert len(turns) == 2 and [t.turn for t in turns] == [1, 2]
     assert retriever.searches == [False, True]  # the second search used soft tokens
     assert turns[1].video_id != turns[0].video_id  # the rejected video is not shown again
     soft = np.asarray(turns[0].soft_tokens)
-    assert soft.shape == (cfg.sqr.num_tokens, policy.heads.cfg.soft_dim) and np.isfinite(soft).all()
+    assert soft.shape == (cfg.sqr.num_tokens, real_policy.heads.cfg.soft_dim) and np.isfinite(soft).all()
     assert len(turns[0].refined_scores) == 1 + cfg.learner.infonce_negatives
     assert 0.0 < turns[0].reward_retrieval <= 1.0
     for t in turns:
@@ -96,7 +125,9 @@ def test_trajectory_records_round_trip_through_arrow(cfg, world):
 
     corpus, retriever, policy = world
     q = corpus.queries("test")[0]
-    turns = asyncio.run(run_episode(q, 3, policy, retriever, corpus.video_path, cfg, seed=5))
+    turns = asyncio.run(run_episode(q, 3, Rejecting(policy), retriever, corpus.video_path, cfg,
+                                    seed=5))
+    assert len(turns) == cfg.rollout.max_turns and turns[0].soft_tokens
     back = table_to_turns(turns_to_table(turns))
     assert [t.response_ids for t in back] == [t.response_ids for t in turns]
     assert [t.loss_mask for t in back] == [t.loss_mask for t in turns]
@@ -105,8 +136,8 @@ def test_trajectory_records_round_trip_through_arrow(cfg, world):
 
 
 def test_many_episodes_in_flight_do_not_lock_step(cfg, world):
-    """Episodes of different lengths run concurrently on one engine: the total time is far
-    below the sum of episode times."""
+    """Episodes run concurrently on one engine: the total time is far below the sum of
+    episode times."""
     import time
 
     corpus, retriever, policy = world
