@@ -1,7 +1,8 @@
 """GRPO on trajectory turns: advantages, rows, and the loss of one micro-batch.
 
-Every turn of an episode gets the episode's group-normalised advantage (the episode reward is
-rollout.agent.episode_reward, normalised within the G episodes of its query). Log-probs are
+Every turn of an episode gets the episode's group advantage (the episode reward is
+rollout.agent.episode_reward, minus the mean of the G episodes of its query; divided by their
+std only with learner.std_normalize_advantages). Log-probs are
 recomputed by the learner; the ratio's denominator is the learner's own log-prob from before the
 update (so numerics differences to the sampler do not leak into the clip), and the learner-vs-
 sampler gap is reported as a health metric.

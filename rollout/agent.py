@@ -80,8 +80,8 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
     Only a parseable `not_matched` refines and searches again: with no verdict there is no
     action to take, so the episode ends there as a failure. (Refining after unparseable output
     let GRPO reward it whenever a later turn found the video: unparseable turns rose from 1 of
-    68 at the first step to 34 of 81 at the eleventh, seed 1 of the tiny default.) A refined search never shows a video this
-    episode rejected (`_unseen`)."""
+    68 at the first step to 34 of 81 at the eleventh, seed 1 of the tiny default.) A refined
+    search never shows a video this episode rejected (`_unseen`)."""
     k, n_neg = cfg.retrieval.topk, cfg.learner.infonce_negatives
     result = await retriever.search(query.text, None, k)
     turns: list[Turn] = []
@@ -152,6 +152,6 @@ def _set_rewards(turn: Turn, parts: RewardParts, cfg: Config) -> RewardParts:
 
 
 def episode_reward(turns: list[Turn]) -> float:
-    """The scalar GRPO normalises within a group (rollout.rewards.episode_total)."""
+    """The scalar GRPO compares within a group (rollout.rewards.episode_total)."""
     return float(turns[-1].episode_reward) if turns else 0.0
 

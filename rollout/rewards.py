@@ -119,7 +119,7 @@ def total_reward(parts: RewardParts, weights: RewardWeights) -> float:
 
 
 def episode_total(turns: Sequence[RewardParts], weights: RewardWeights) -> float:
-    """The one number GRPO normalises per episode. Format and retrieval are averaged over the
+    """The one number per episode that GRPO compares within its group. Format and retrieval are averaged over the
     turns; verification is the episode's worst judgement, grounding and found the final turn's.
 
     A plain mean of turn rewards can be diluted: rejecting the ground truth at turn 1 and then
