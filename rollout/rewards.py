@@ -119,8 +119,9 @@ def total_reward(parts: RewardParts, weights: RewardWeights) -> float:
 
 
 def episode_total(turns: Sequence[RewardParts], weights: RewardWeights) -> float:
-    """The one number per episode that GRPO compares within its group. Format and retrieval are averaged over the
-    turns; verification is the episode's worst judgement, grounding and found the final turn's.
+    """The one number per episode that GRPO compares within its group. Format and retrieval
+    are averaged over the turns; verification is the episode's worst judgement, grounding and
+    found the final turn's.
 
     A plain mean of turn rewards can be diluted: rejecting the ground truth at turn 1 and then
     rightly rejecting two wrong videos scored (-1 + 1 + 1) / 3 on verification. GRPO found
