@@ -337,8 +337,8 @@ def run(results: dict, prompts: int = P, group: int = G, max_tokens: int = MAX_T
         "load_average_1min": {"before": load_before, "after": load_after},
         "speedup_vs_trl": trl_step / ours_step,
         "workload": (f"text-only GRPO, P={prompts} prompts x G={group} samples, up to "
-                     f"{max_tokens} tokens at T=1.0, tiny Qwen3-VL (random weights) fp32, KL ref "
-                     f"on, 1 optimizer step/step in micro-batches of "
+                     f"{max_tokens} tokens at T=1.0, tiny Qwen3-VL (random weights) fp32, KL beta "
+                     f"{base['kl_beta']}, 1 optimizer step/step in micro-batches of "
                      f"{min(micro_batch, prompts * group)}, {steps - 1} timed steps after 1 "
                      "warm-up; both sides in one process each, no Ray (ours: in-process vLLM "
                      "PolicyEngine + Learner ZeRO-2 1 rank + weight reload; TRL: GRPOTrainer "

@@ -23,3 +23,4 @@ def test_trl_compare_smallest():
     assert 1 <= results["trl_mean_completion_tokens"] <= 8
     assert 1 <= results["ours_text_mean_completion_tokens"] <= 8
     assert "P=2" in results["workload"] and "G=2" in results["workload"]
+    assert "KL beta 0.0" in results["workload"]  # cpu_tiny trains without the KL term
