@@ -135,12 +135,15 @@ def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Quer
     return out
 
 
-def _save_rollouts(folder: Path, step: int, episodes) -> None:
-    """Every turn of a GRPO step as Parquet (rollout.trajectory schema): what the learner
-    trained on, for looking into a run afterwards."""
+def save_rollouts(folder: Path, step: int, episodes, every: int) -> Path | None:
+    """Every turn of every `every`-th GRPO step as Parquet (rollout.trajectory schema): what
+    the learner trained on, for looking into a run afterwards."""
+    if every <= 0 or step % every:
+        return None
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(turns_to_table([t for turns in episodes for t in turns]),
-                   folder / f"grpo_{step:06d}.parquet")
+    path = folder / f"grpo_{step:06d}.parquet"
+    pq.write_table(turns_to_table([t for turns in episodes for t in turns]), path)
+    return path
 
 
 def _reward_means(episodes) -> dict[str, float]:
@@ -193,7 +196,7 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
                                            seed=cfg.train.seed * 7919 + step))
         episodes = [turns for group in groups for turns in group]
         rollout_s = time.perf_counter() - started
-        _save_rollouts(s.work / "rollouts", step, episodes)
+        save_rollouts(s.work / "rollouts", step, episodes, cfg.train.save_rollouts_every)
         rewards = _reward_means(episodes)
         metrics = learner.grpo_step([t for turns in episodes for t in turns])
         sync_started = time.perf_counter()

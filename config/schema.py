@@ -211,6 +211,9 @@ class TrainConfig:
     queries_per_step: int = 4
     eval_split: str = "test"
     seed: int = 0
+    # Keep every Nth GRPO step's turns as Parquet under <workdir>/rollouts (0: none); on a
+    # long GPU run each step's file is megabytes, so raise N there.
+    save_rollouts_every: int = 1
 
 
 @dataclass
