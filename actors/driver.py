@@ -135,14 +135,14 @@ def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Quer
     return out
 
 
-def save_rollouts(folder: Path, step: int, episodes, every: int) -> Path | None:
+def save_rollouts(folder: Path, step: int, turns, every: int) -> Path | None:
     """Every turn of every `every`-th GRPO step as Parquet (rollout.trajectory schema): what
     the learner trained on, for looking into a run afterwards."""
     if every <= 0 or step % every:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"grpo_{step:06d}.parquet"
-    pq.write_table(turns_to_table([t for turns in episodes for t in turns]), path)
+    pq.write_table(turns_to_table(turns), path)
     return path
 
 
@@ -196,9 +196,10 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
                                            seed=cfg.train.seed * 7919 + step))
         episodes = [turns for group in groups for turns in group]
         rollout_s = time.perf_counter() - started
-        save_rollouts(s.work / "rollouts", step, episodes, cfg.train.save_rollouts_every)
+        turns = [t for episode in episodes for t in episode]
+        save_rollouts(s.work / "rollouts", step, turns, cfg.train.save_rollouts_every)
         rewards = _reward_means(episodes)
-        metrics = learner.grpo_step([t for turns in episodes for t in turns])
+        metrics = learner.grpo_step(turns)
         sync_started = time.perf_counter()
         asyncio.run(s.pool.sync(learner.export_weights()))
         metrics |= {f"reward_{k}": v for k, v in rewards.items()}

@@ -15,8 +15,8 @@ def _episode(sample: int) -> list[Turn]:
 
 
 def test_every_nth_step_is_saved_and_reads_back(tmp_path):
-    episodes = [_episode(0), _episode(1)]
-    saved = [save_rollouts(tmp_path, step, episodes, every=2) for step in range(4)]
+    turns = _episode(0) + _episode(1)
+    saved = [save_rollouts(tmp_path, step, turns, every=2) for step in range(4)]
     assert saved[1] is None and saved[3] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grpo_000000.parquet", "grpo_000002.parquet"]
     back = table_to_turns(pq.read_table(saved[2]))
@@ -24,5 +24,5 @@ def test_every_nth_step_is_saved_and_reads_back(tmp_path):
 
 
 def test_zero_saves_nothing(tmp_path):
-    assert save_rollouts(tmp_path / "r", 0, [_episode(0)], every=0) is None
+    assert save_rollouts(tmp_path / "r", 0, _episode(0), every=0) is None
     assert not (tmp_path / "r").exists()
