@@ -41,6 +41,10 @@ MIN_SPAN, MAX_SPAN = 2, 6  # seconds
 VERSION = 3  # bump when the rendering changes, so old corpora regenerate
 
 
+def describe(colour: str, shape: str, motion: str, background: str) -> str:
+    return f"a {colour} {shape} moves {motion} on a {background} background"
+
+
 @dataclass
 class Event:
     colour: str
@@ -59,7 +63,7 @@ class Video:
     near_duplicate_of: str | None = None
 
     def describe(self, e: Event) -> str:
-        return f"a {e.colour} {e.shape} moves {e.motion} on a {self.background} background"
+        return describe(e.colour, e.shape, e.motion, self.background)
 
 
 @dataclass

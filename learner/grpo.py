@@ -72,15 +72,19 @@ def hf_inputs(batch: Batch) -> dict[str, torch.Tensor]:
 class GRPOLoss:
     """Callable per micro-batch: this micro-batch's share of the mini-batch's global token (or
     sequence) mean, so micro-batches and ranks may hold any number of tokens. `old` holds the
-    pre-update log-probs of micro-batches after the first mini-batch, keyed (mini, micro)."""
+    pre-update log-probs of micro-batches after the first mini-batch, keyed (mini, micro).
+    Log-probs are those of the distribution the rollout sampled from: logits / `temperature`,
+    as vLLM reports them (processed logprobs)."""
 
-    def __init__(self, lcfg: LearnerConfig, ref: torch.nn.Module | None):
-        self.lcfg, self.ref = lcfg, ref
+    def __init__(self, lcfg: LearnerConfig, ref: torch.nn.Module | None, temperature: float = 1.0):
+        if temperature <= 0:
+            raise ValueError(f"GRPO needs a sampling temperature > 0, got {temperature}")
+        self.lcfg, self.ref, self.temperature = lcfg, ref, temperature
         self.old: dict[tuple[int, int], torch.Tensor] = {}
 
     def logprobs(self, model: Callable, batch: Batch) -> torch.Tensor:
         logits, _ = model(**batch.inputs)
-        return token_logprobs(logits[:, :-1], batch.labels)
+        return token_logprobs(logits[:, :-1] / self.temperature, batch.labels)
 
     def __call__(self, model: Callable, batch: Batch, key: tuple[int, int], norm: float,
                  stats: Stats) -> torch.Tensor:
@@ -92,7 +96,7 @@ class GRPOLoss:
         if self.ref is not None:
             with torch.no_grad():
                 logits = self.ref(**hf_inputs(batch), use_cache=False).logits
-                ref_lp = token_logprobs(logits[:, :-1], batch.labels)
+                ref_lp = token_logprobs(logits[:, :-1] / self.temperature, batch.labels)
         loss, parts = policy_loss(lp, old, batch.advantages, batch.mask, c.clip_eps,
                                   c.clip_eps_high, ref_lp, c.kl_beta, c.kl_estimator,
                                   c.loss_aggregation)

@@ -25,9 +25,7 @@ from learner.losses import sft_token_loss
 from learner.sft_data import moment_sentence
 from models.fit import fit
 from models.loading import load_policy, load_processor
-from rollout.prompts import hf_prompt_inputs
-
-CAPTION_PROMPT = "Describe every moment of the video with its start and end in seconds."
+from rollout.prompts import CAPTION_PROMPT, hf_prompt_inputs
 
 
 @dataclass

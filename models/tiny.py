@@ -35,7 +35,7 @@ POLICY_DIR = "tiny-qwen3vl-policy"
 EMBEDDER_DIR = "tiny-qwen3vl-embedder"
 MANIFEST = "tiny_manifest.json"
 # Bump when the recipe changes so that cached models are rebuilt.
-RECIPE_VERSION = 6
+RECIPE_VERSION = 7
 # The tiny models' own pretraining corpus: seed = model seed + this, never a run's corpus.
 PRETRAIN_SEED_OFFSET = 1000
 
@@ -123,7 +123,7 @@ def build_tiny_models(
 
     torch.manual_seed(seed)
     tokenizer = train_tokenizer()
-    vocab = 512
+    vocab = 640
     assert len(tokenizer) <= vocab, f"tokenizer grew to {len(tokenizer)} tokens"
     processor = build_processor(tokenizer, video.max_pixels, video.max_frames)
 

@@ -12,6 +12,12 @@ import itertools
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from config.schema import ModelConfig
+from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, describe
+from learner.sft_data import reasoning
+from rollout.parsing import format_response
+from rollout.prompts import CAPTION_PROMPT, INSTRUCTION
+
 # Qwen3-VL's special tokens in their id order, then the two SQR tokens this project adds.
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
@@ -46,23 +52,21 @@ CHAT_TEMPLATE = (
 
 
 def _training_text() -> list[str]:
-    """Sentences in the shape of everything the system writes or reads."""
-    colours = ["red", "green", "blue", "yellow", "white", "magenta", "cyan", "orange"]
-    shapes = ["square", "circle", "triangle"]
-    motions = ["moves left", "moves right", "moves up", "moves down", "appears", "disappears"]
-    lines = [f"a {c} {s} {m}" for c, s, m in itertools.product(colours, shapes, motions)]
+    """What the system writes and reads, in proportion: the synthetic corpus's queries, the
+    captions and verdicts the policy writes, the prompts, frame timestamps and answer tags.
+    Every word of it ends up one token (the corpus's words are few), so sequences are about
+    half as long as with bytes and pieces, and the loss falls on words that carry meaning."""
+    queries = [describe(*x) for x in itertools.product(COLOURS, SHAPES, MOTIONS, BACKGROUNDS)]
+    spans = [(s, s + d) for s in range(12) for d in range(2, 7)]
+    lines = [reasoning([(d, s, e)], "matched", s, e) for d, (s, e) in zip(queries, itertools.cycle(spans))]
+    lines += [reasoning([(d, s, e)], "not_matched") for d, (s, e) in zip(queries[::7], itertools.cycle(spans))]
+    lines += [format_response("matched", "x", s, e) + " " + REFINE_TOKEN for s, e in spans]
+    lines += [format_response("not_matched", "x") + " " + REFINE_TOKEN]
+    lines += [INSTRUCTION.format(query=d) for d in queries[::11]]
+    lines += [CAPTION_PROMPT] * 50
     lines += [f"<{t / 10:.1f} seconds>" for t in range(0, 3000, 7)]
-    lines += [f"<start>{s}</start> <end>{e}</end>" for s, e in ((s, s + 3) for s in range(200))]
-    lines += [
-        "<think>The video shows the event described in the query.</think> "
-        "<answer>matched</answer> <start>2.0</start> <end>6.0</end> <REFINE>",
-        "<think>The video does not show the event, so the query must be refined.</think> "
-        "<answer>not_matched</answer> <REFINE>",
-        "Query: find the moment. Does the retrieved video contain it? Answer with the "
-        "verification, the start and end in seconds, and end with <REFINE>.",
-        "Represent the user's input. system user assistant the a of to and is in it that",
-    ]
-    return lines * 4
+    lines += [f"{ModelConfig.embed_instruction} system user assistant"] * 20
+    return lines
 
 
 def train_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:

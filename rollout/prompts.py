@@ -22,6 +22,8 @@ INSTRUCTION = (
     "If matched, give the moment as <start>S</start> <end>E</end> in seconds. "
     "Always end with <REFINE>."
 )
+# The tiny policy's caption pretraining (learner.pretrain) asks this.
+CAPTION_PROMPT = "Describe every moment of the video with its start and end in seconds."
 
 
 def verification_messages(query: str) -> list[dict]:

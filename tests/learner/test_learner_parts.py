@@ -14,7 +14,7 @@ from config.schema import LearnerConfig
 from learner.batch import VideoInputs, collate
 from learner.checkpoint import CheckpointError, resolve
 from learner.engine import ds_config
-from learner.grpo import grpo_rows, turn_advantages
+from learner.grpo import GRPOLoss, grpo_rows, turn_advantages
 from learner.schedule import plan
 from learner.sft_data import build_sft_examples
 from rollout.parsing import parse_response
@@ -95,6 +95,26 @@ def test_every_turn_of_an_episode_counts_in_full(grpo_turns, processor, cfg):
     rows = grpo_rows(turns, VideoInputs(processor, cfg.video), std_normalize=False)
     assert [r.weight for r in rows] == [1.0] * 5
     assert rows[1].advantage == rows[2].advantage != 0
+
+
+def test_grpo_logprobs_are_those_of_the_tempered_sampling_distribution(cfg, processor, grpo_turns):
+    """vLLM reports log-probs after temperature; the learner's must be of the same distribution."""
+    batch = collate(grpo_rows(grpo_turns, VideoInputs(processor, cfg.video), std_normalize=False),
+                    processor, merge=2, device="cpu")
+    b, t = batch.labels.shape
+    logits = torch.randn(b, t + 1, 11)
+
+    def model(**_):
+        return logits, None
+
+    labels = batch.labels.clamp(min=0) % 11
+    batch = dataclasses.replace(batch, labels=labels)
+    for temp in (1.0, 0.7):
+        want = torch.log_softmax(logits[:, :-1] / temp, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        got = GRPOLoss(LearnerConfig(), None, temperature=temp).logprobs(model, batch)
+        assert torch.allclose(got, want)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        GRPOLoss(LearnerConfig(), None, temperature=0.0)
 
 
 def test_a_large_logprob_mismatch_is_a_warning(caplog):

@@ -9,10 +9,13 @@ from config.schema import (
     TinyPretrainConfig,
     VideoConfig,
 )
+from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
+from learner.sft_data import reasoning
 from models.loading import ModelNotFoundError, load_embedder, load_policy, load_processor
 from models.sqr_heads import SQRHeads, SQRHeadsConfig
 from models.tiny import MANIFEST, build_tiny_models
 from models.tokenizer import QWEN_SPECIAL_TOKENS, REFINE_TOKEN, SQR_SLOT_TOKEN
+from rollout.prompts import CAPTION_PROMPT, INSTRUCTION
 
 
 def test_tiny_policy_is_the_real_architecture(model_dirs):
@@ -37,6 +40,17 @@ def test_tokenizer_keeps_qwen_special_tokens_and_adds_sqr_tokens(model_dirs):
     text = "<think>ok</think> <answer>matched</answer> <start>1.5</start> <end>4</end> <REFINE>"
     ids = tok(text).input_ids
     assert tok.decode(ids, skip_special_tokens=True) == text  # parser-visible tags survive
+
+
+def test_every_word_the_corpus_and_prompts_use_is_one_token(model_dirs):
+    tok = load_processor(model_dirs[0]).tokenizer
+    words = [*" ".join(BACKGROUNDS).split(), *COLOURS, *SHAPES, *MOTIONS,
+             *INSTRUCTION.replace("{query}", "").split(), *CAPTION_PROMPT.split()]
+    words = [w for w in words if w.isalpha()]
+    pieces = {w: min(tok.tokenize(w), tok.tokenize(" " + w), key=len) for w in words}  # first word: no space
+    assert {w: p for w, p in pieces.items() if len(p) != 1} == {}
+    sentence = reasoning([("a red circle moves left on a dark green background", 2, 6)], "matched", 2, 6)
+    assert len(tok.tokenize(sentence)) <= len(sentence.split()) + 8  # digits are split one by one
 
 
 def test_chat_template_places_video_and_text(model_dirs):
