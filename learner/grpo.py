@@ -83,7 +83,9 @@ class GRPOLoss:
         self.old: dict[tuple[int, int], torch.Tensor] = {}
 
     def logprobs(self, model: Callable, batch: Batch) -> torch.Tensor:
-        logits, _ = model(**batch.inputs)
+        return self._sampled_logprobs(model(**batch.inputs)[0], batch)
+
+    def _sampled_logprobs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return token_logprobs(logits[:, :-1] / self.temperature, batch.labels)
 
     def __call__(self, model: Callable, batch: Batch, key: tuple[int, int], norm: float,
@@ -95,8 +97,8 @@ class GRPOLoss:
         ref_lp = None
         if self.ref is not None:
             with torch.no_grad():
-                logits = self.ref(**hf_inputs(batch), use_cache=False).logits
-                ref_lp = token_logprobs(logits[:, :-1] / self.temperature, batch.labels)
+                ref_lp = self._sampled_logprobs(self.ref(**hf_inputs(batch), use_cache=False).logits,
+                                                batch)
         loss, parts = policy_loss(lp, old, batch.advantages, batch.mask, c.clip_eps,
                                   c.clip_eps_high, ref_lp, c.kl_beta, c.kl_estimator,
                                   c.loss_aggregation)
