@@ -64,6 +64,9 @@ class TinyPolicyPretrainConfig:
     # they are not spent yet).
     steps: int = 800
     batch_size: int = 8
+    # Text-only rows of the trace's check per step, beside the batch_size videos (see
+    # learner.pretrain): the comparison is learnt late, after a few hundred steps.
+    compare_batch_size: int = 8
     lr: float = 1.0e-3
     warmup_steps: int = 30
 

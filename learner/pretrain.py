@@ -6,6 +6,10 @@ frozen as in production) cannot teach it to: it learns the answer format and a p
 learns to describe the tiny models' own synthetic videos (never the run's corpus) event by
 event with their times, in the very sentence the SFT reasoning starts with ("The video shows
 ... from S to E seconds."), vision tower included. The SQR heads are not touched.
+
+Each batch also holds text-only rows that teach the SFT trace's check (query words beside the
+caption's, then same/differs, then the verdict) on captions already written: the comparison
+needs no video, and learnt from a few SFT examples it is not (learner.sft_data says why).
 """
 
 from __future__ import annotations
@@ -18,14 +22,25 @@ import pyarrow.parquet as pq
 import torch
 
 from config.schema import TinyPolicyPretrainConfig, VideoConfig
-from corpus.synth import SynthCorpus, Video, scenes_of, splits_of
+from corpus.synth import (
+    BACKGROUNDS,
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    SynthCorpus,
+    Video,
+    describe,
+    scenes_of,
+    splits_of,
+)
 from corpus.video import decode_video
 from learner.batch import Row, collate
 from learner.losses import sft_token_loss
-from learner.sft_data import moment_sentence
+from learner.sft_data import moment_sentence, reasoning, template_words
 from models.fit import fit
 from models.loading import load_policy, load_processor
-from rollout.prompts import CAPTION_PROMPT, hf_prompt_inputs
+from rollout.parsing import format_response
+from rollout.prompts import CAPTION_PROMPT, INSTRUCTION, hf_prompt_inputs
 
 
 @dataclass
@@ -36,6 +51,9 @@ class PolicyPretrainReport:
     heldout_videos: int
     heldout_loss_before: float  # caption cross-entropy on the pretraining corpus's test split
     heldout_loss_after: float
+    # teacher-forced on held-out scenes' compare rows: how many "same" / "differs" words are right
+    heldout_same_accuracy: float
+    heldout_differs_accuracy: float
 
 
 def caption(scene: Video) -> str:
@@ -52,6 +70,56 @@ def caption_row(processor, scene: Video, frames) -> Row:
     target = processor.tokenizer(caption(scene) + "<|im_end|>", add_special_tokens=False).input_ids
     return Row(ids=prompt + target, mask=[0] * len(prompt) + [1] * len(target),
                video={k: enc[k] for k in ("pixel_values_videos", "video_grid_thw")})
+
+
+def compare_row(processor, scene: Video, rng: np.random.Generator,
+                skip: frozenset[str]) -> Row:
+    """Text only: a query about one of the scene's events, half the time with one or two of its
+    words changed, the scene's captions as already written, then the check and verdict to
+    learn."""
+    events = sorted(scene.events, key=lambda e: e.start_s)
+    event = events[rng.integers(len(events))]
+    words = dict(colour=event.colour, shape=event.shape, motion=event.motion,
+                 background=scene.background)
+    answer = "matched" if rng.random() < 0.5 else "not_matched"
+    if answer == "not_matched":
+        other = dict(colour=[c for c in COLOURS if c not in {e.colour for e in events}],
+                     shape=[x for x in SHAPES if x != event.shape],
+                     motion=[x for x in MOTIONS if x != event.motion],
+                     background=[x for x in BACKGROUNDS if x != scene.background])
+        for key in rng.choice(sorted(other), size=rng.integers(1, 3), replace=False):
+            words[key] = other[key][rng.integers(len(other[key]))]
+    query = describe(**words)
+    span = (event.start_s, event.end_s) if answer == "matched" else (None, None)
+    moments = [(scene.describe(e), e.start_s, e.end_s) for e in events]
+    target = format_response(answer, reasoning(query, moments, answer, skip, *span), *span)
+    messages = [{"role": "user", "content": [{"type": "text",
+                                              "text": INSTRUCTION.format(query=query)}]}]
+    tok = processor.tokenizer
+    prompt = tok(processor.apply_chat_template(messages, add_generation_prompt=True,
+                                               tokenize=False), add_special_tokens=False).input_ids
+    ids = tok(target + "<|im_end|>", add_special_tokens=False).input_ids
+    written = len(tok("<think>" + caption(scene), add_special_tokens=False).input_ids)
+    return Row(ids=prompt + ids, mask=[0] * (len(prompt) + written) + [1] * (len(ids) - written),
+               video=None)
+
+
+def check_accuracy(model, processor, rows: list[Row], merge: int,
+                   batch_size: int) -> tuple[float, float]:
+    """Teacher-forced: the share of the rows' "same" and of their "differs" words that the
+    model ranks first (separately: most words are "same")."""
+    ids = processor.tokenizer.convert_tokens_to_ids(["Ġsame", "Ġdiffers"])
+    right, total = torch.zeros(2), torch.zeros(2)
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            batch = collate(rows[i:i + batch_size], processor, merge, model.device)
+            hit = model(**batch.inputs, use_cache=False).logits[:, :-1].argmax(-1) == batch.labels
+            for k, word in enumerate(ids):
+                at = (batch.labels == word) & (batch.mask > 0)
+                right[k] += hit[at].sum().item()
+                total[k] += at.sum().item()
+    same, differs = (right / total.clamp(min=1)).tolist()
+    return same, differs
 
 
 def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
@@ -76,8 +144,12 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
         raise ValueError(f"policy pretraining: {len(rows)} videos are too few for batches of "
                          f"{pcfg.batch_size} plus a test split")
 
-    def loss_of(ids: list[str]) -> torch.Tensor:
-        batch = collate([rows[v] for v in ids], processor, merge, model.device)
+    skip = template_words([e for scene in scenes.values() for e in map(scene.describe, scene.events)])
+    heldout_compare = [compare_row(processor, scenes[v], np.random.default_rng(i), skip)
+                       for i, v in enumerate(heldout)]
+
+    def loss_of(ids: list[str], compare: list[Row] = ()) -> torch.Tensor:
+        batch = collate([*(rows[v] for v in ids), *compare], processor, merge, model.device)
         logits = model(**batch.inputs, use_cache=False).logits
         return sft_token_loss(logits[:, :-1], batch.labels, batch.mask)
 
@@ -92,12 +164,18 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     before = heldout_loss()
     model.train().requires_grad_(True)
     rng = np.random.default_rng(seed)
-    losses = fit(model.parameters(),
-                 lambda: loss_of([train[i] for i in rng.choice(len(train), size=pcfg.batch_size,
-                                                               replace=False)]),
+
+    def step_loss() -> torch.Tensor:
+        videos = [train[i] for i in rng.choice(len(train), size=pcfg.batch_size, replace=False)]
+        texts = [train[i] for i in rng.choice(len(train), size=pcfg.compare_batch_size)]
+        return loss_of(videos, [compare_row(processor, scenes[v], rng, skip) for v in texts])
+
+    losses = fit(model.parameters(), step_loss,
                  steps=pcfg.steps, lr=pcfg.lr, warmup_steps=pcfg.warmup_steps,
                  desc="pretrain tiny policy", progress=progress)
     after = heldout_loss()
     model.eval().requires_grad_(False)
+    same, differs = check_accuracy(model, processor, heldout_compare, merge, pcfg.batch_size)
     model.save_pretrained(policy_dir, safe_serialization=True)
-    return PolicyPretrainReport(pcfg.steps, losses[0], losses[-1], len(heldout), before, after)
+    return PolicyPretrainReport(pcfg.steps, losses[0], losses[-1], len(heldout), before, after,
+                                same, differs)

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from config.schema import ModelConfig
 from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, describe
-from learner.sft_data import reasoning
+from learner.sft_data import reasoning, template_words
 from rollout.parsing import format_response
 from rollout.prompts import CAPTION_PROMPT, INSTRUCTION
 
@@ -52,14 +52,17 @@ CHAT_TEMPLATE = (
 
 
 def _training_text() -> list[str]:
-    """What the system writes and reads: the synthetic corpus's queries, the captions and
-    verdicts of the SFT traces, the prompts, frame timestamps and answer tags. Every word of it
+    """What the system writes and reads: the synthetic corpus's queries, the captions, checks
+    and verdicts of the SFT traces, the prompts, frame timestamps and answer tags. Every word of it
     ends up one token (the corpus's words are few), so a caption-and-verdict trace is 33 tokens
     instead of 57 spelt in pieces, and the loss falls on words that carry meaning."""
     queries = [describe(*x) for x in itertools.product(COLOURS, SHAPES, MOTIONS, BACKGROUNDS)]
     spans = [(s, s + d) for s in range(12) for d in range(2, 7)]
-    lines = [reasoning([(d, s, e)], "matched", s, e) for d, (s, e) in zip(queries, itertools.cycle(spans))]
-    lines += [reasoning([(d, s, e)], "not_matched") for d, (s, e) in zip(queries[::7], itertools.cycle(spans))]
+    skip = template_words(queries)
+    lines = [reasoning(d, [(d, s, e)], "matched", skip, s, e)
+             for d, (s, e) in zip(queries, itertools.cycle(spans))]
+    lines += [reasoning(d, [(w, s, e)], "not_matched", skip)
+              for d, w, (s, e) in zip(queries[::7], queries[::-5], itertools.cycle(spans))]
     lines += [format_response("matched", "x", s, e) + " " + REFINE_TOKEN for s, e in spans]
     lines += [format_response("not_matched", "x") + " " + REFINE_TOKEN]
     lines += [INSTRUCTION.format(query=d) for d in queries[::11]]

@@ -1,9 +1,13 @@
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
+import torch
 
 from config.schema import TinyPolicyPretrainConfig, VideoConfig
 from corpus.synth import Event, Video, scenes_of
 from corpus.video import decode_video
-from learner.pretrain import caption, caption_row, pretrain_policy
+from learner.pretrain import caption, caption_row, check_accuracy, compare_row, pretrain_policy
 from learner.sft_data import moment_sentence
 from models.loading import load_processor
 
@@ -31,6 +35,47 @@ def test_caption_row_learns_only_the_caption(model_dirs, synth, cfg):
     assert all(m == 0 for t, m in zip(row.ids, row.mask, strict=True) if t == video_pad)
 
 
+SKIP = frozenset({"a", "moves", "on", "background"})
+
+
+def test_compare_rows_learn_the_check_and_verdict_after_the_written_captions(model_dirs, synth):
+    processor = load_processor(model_dirs[0])
+    tok = processor.tokenizer
+    scene = scenes_of(synth)["synth_0000"]
+    verdicts = []
+    for i in range(20):
+        row = compare_row(processor, scene, np.random.default_rng(i), SKIP)
+        assert row.video is None
+        given = tok.decode([t for t, m in zip(row.ids, row.mask, strict=True) if not m])
+        learned = tok.decode([t for t, m in zip(row.ids, row.mask, strict=True) if m])
+        assert given.endswith("<think>" + caption(scene)) and learned.startswith(" Check: ")
+        assert learned.endswith("<REFINE><|im_end|>")
+        differs = "differs" in learned
+        assert differs == ("<answer>not_matched</answer>" in learned)
+        assert differs == ("None of them is the query." in learned)
+        verdicts.append(differs)
+    assert 0 < sum(verdicts) < 20  # both kinds, about half each
+
+
+def test_check_accuracy_counts_same_and_differs_words_apart(model_dirs, synth):
+    processor = load_processor(model_dirs[0])
+    rows = [compare_row(processor, scenes_of(synth)["synth_0000"], np.random.default_rng(i), SKIP)
+            for i in range(6)]
+    same = processor.tokenizer.convert_tokens_to_ids("Ġsame")
+
+    def model(right_on_differs: bool):
+        """Ranks the true next token first, or always "same"."""
+        def forward(input_ids, **_):
+            nxt = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+            guess = nxt if right_on_differs else torch.full_like(nxt, same)
+            return SimpleNamespace(logits=torch.nn.functional.one_hot(guess, len(processor.tokenizer)).float())
+        forward.device = "cpu"
+        return forward
+
+    assert check_accuracy(model(True), processor, rows, 2, 4) == (1.0, 1.0)
+    assert check_accuracy(model(False), processor, rows, 2, 4) == (1.0, 0.0)
+
+
 def test_a_short_pretraining_lowers_the_caption_loss(model_dirs, synth, tmp_path):
     import shutil
 
@@ -40,6 +85,7 @@ def test_a_short_pretraining_lowers_the_caption_loss(model_dirs, synth, tmp_path
                              TinyPolicyPretrainConfig(steps=15, batch_size=4), 0, progress=False)
     assert report.heldout_videos > 0 and report.last_loss < report.first_loss
     assert report.heldout_loss_after < report.heldout_loss_before
+    assert 0 <= report.heldout_same_accuracy <= 1 and 0 <= report.heldout_differs_accuracy <= 1
 
 
 def test_policy_pretraining_needs_steps_and_enough_videos(model_dirs, synth):

@@ -49,8 +49,12 @@ def test_every_word_the_corpus_and_prompts_use_is_one_token(model_dirs):
     words = [w for w in words if w.isalpha()]
     pieces = {w: min(tok.tokenize(w), tok.tokenize(" " + w), key=len) for w in words}  # first word: no space
     assert {w: p for w, p in pieces.items() if len(p) != 1} == {}
-    sentence = reasoning([("a red circle moves left on a dark green background", 2, 6)], "matched", 2, 6)
-    assert len(tok.tokenize(sentence)) <= len(sentence.split()) + 8  # digits are split one by one
+    query = "a red circle moves left on a dark green background"
+    traces = [reasoning(query, [(query, 2, 6)], "matched", frozenset({"a"}), 2, 6),
+              reasoning(query, [(query.replace("red", "blue"), 2, 6)], "not_matched", frozenset())]
+    assert "Check: red red same" in traces[0] and "red blue differs" in traces[1]
+    words = {w.strip(".,:") for t in traces for w in t.split()}
+    assert {w: tok.tokenize(" " + w) for w in words if w.isalpha() and len(tok.tokenize(" " + w)) != 1} == {}
 
 
 def test_chat_template_places_video_and_text(model_dirs):
