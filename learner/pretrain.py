@@ -75,8 +75,8 @@ def caption_row(processor, scene: Video, frames) -> Row:
 def compare_row(processor, scene: Video, rng: np.random.Generator,
                 skip: frozenset[str]) -> Row:
     """Text only: a query about one of the scene's events, half the time with one or two of its
-    words changed, the scene's captions as already written, then the check and verdict to
-    learn."""
+    words changed; the scene's captions are given as already written, the check after each and
+    the verdict are learnt."""
     events = sorted(scene.events, key=lambda e: e.start_s)
     event = events[rng.integers(len(events))]
     words = dict(colour=event.colour, shape=event.shape, motion=event.motion,
@@ -93,15 +93,20 @@ def compare_row(processor, scene: Video, rng: np.random.Generator,
     span = (event.start_s, event.end_s) if answer == "matched" else (None, None)
     moments = [(scene.describe(e), e.start_s, e.end_s) for e in events]
     target = format_response(answer, reasoning(query, moments, answer, skip, *span), *span)
+    target += "<|im_end|>"
+    given, at = [(0, len("<think>"))], 0  # character spans: "<think>" and the captions
+    for m in moments:
+        start = target.index(moment_sentence(*m), at)
+        at = start + len(moment_sentence(*m))
+        given.append((start - 1, at))  # with the space before the sentence
     messages = [{"role": "user", "content": [{"type": "text",
                                               "text": INSTRUCTION.format(query=query)}]}]
     tok = processor.tokenizer
     prompt = tok(processor.apply_chat_template(messages, add_generation_prompt=True,
                                                tokenize=False), add_special_tokens=False).input_ids
-    ids = tok(target + "<|im_end|>", add_special_tokens=False).input_ids
-    written = len(tok("<think>" + caption(scene), add_special_tokens=False).input_ids)
-    return Row(ids=prompt + ids, mask=[0] * (len(prompt) + written) + [1] * (len(ids) - written),
-               video=None)
+    enc = tok(target, add_special_tokens=False, return_offsets_mapping=True)
+    learn = [int(not any(a <= lo and hi <= b for a, b in given)) for lo, hi in enc.offset_mapping]
+    return Row(ids=prompt + enc.input_ids, mask=[0] * len(prompt) + learn, video=None)
 
 
 def check_accuracy(model, processor, rows: list[Row], merge: int,
@@ -148,15 +153,15 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     heldout_compare = [compare_row(processor, scenes[v], np.random.default_rng(i), skip)
                        for i, v in enumerate(heldout)]
 
-    def loss_of(ids: list[str], compare: list[Row] = ()) -> torch.Tensor:
-        batch = collate([*(rows[v] for v in ids), *compare], processor, merge, model.device)
+    def loss_of(batch_rows: list[Row]) -> torch.Tensor:
+        batch = collate(batch_rows, processor, merge, model.device)
         logits = model(**batch.inputs, use_cache=False).logits
         return sft_token_loss(logits[:, :-1], batch.labels, batch.mask)
 
     def heldout_loss() -> float:
         model.eval()
         with torch.no_grad():
-            out = float(np.mean([loss_of(heldout[i:i + pcfg.batch_size]).item()
+            out = float(np.mean([loss_of([rows[v] for v in heldout[i:i + pcfg.batch_size]]).item()
                                  for i in range(0, len(heldout), pcfg.batch_size)]))
         model.train()
         return out
@@ -166,9 +171,12 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     rng = np.random.default_rng(seed)
 
     def step_loss() -> torch.Tensor:
-        videos = [train[i] for i in rng.choice(len(train), size=pcfg.batch_size, replace=False)]
-        texts = [train[i] for i in rng.choice(len(train), size=pcfg.compare_batch_size)]
-        return loss_of(videos, [compare_row(processor, scenes[v], rng, skip) for v in texts])
+        """Captions and checks in forwards of their own: the text rows are the longer ones, and
+        padding the video rows to them would be paid for."""
+        videos = rng.choice(len(train), size=pcfg.batch_size, replace=False)
+        texts = rng.choice(len(train), size=pcfg.compare_batch_size)
+        return (loss_of([rows[train[i]] for i in videos])
+                + loss_of([compare_row(processor, scenes[train[i]], rng, skip) for i in texts]))
 
     losses = fit(model.parameters(), step_loss,
                  steps=pcfg.steps, lr=pcfg.lr, warmup_steps=pcfg.warmup_steps,
