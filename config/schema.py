@@ -65,8 +65,9 @@ class TinyPolicyPretrainConfig:
     steps: int = 800
     batch_size: int = 8
     # Text-only rows of the trace's check per step, beside the batch_size videos (see
-    # learner.pretrain): the comparison is learnt late, after a few hundred steps.
-    compare_batch_size: int = 8
+    # learner.pretrain). 800 steps with 4: held-out "same" / "differs" words right 98 / 99 %,
+    # caption CE 0.161, 5.2 min; with 8: 100 / 95 %, CE 0.179, 7.6 min.
+    compare_batch_size: int = 4
     lr: float = 1.0e-3
     warmup_steps: int = 30
 
