@@ -95,9 +95,9 @@ def compare_row(processor, scene: Video, rng: np.random.Generator,
     target = format_response(answer, reasoning(query, moments, answer, skip, *span), *span)
     target += "<|im_end|>"
     given, at = [(0, len("<think>"))], 0  # character spans: "<think>" and the captions
-    for m in moments:
-        start = target.index(moment_sentence(*m), at)
-        at = start + len(moment_sentence(*m))
+    for sentence in (moment_sentence(*m) for m in moments):
+        start = target.index(sentence, at)
+        at = start + len(sentence)
         given.append((start - 1, at))  # with the space before the sentence
     messages = [{"role": "user", "content": [{"type": "text",
                                               "text": INSTRUCTION.format(query=query)}]}]
@@ -171,8 +171,8 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     rng = np.random.default_rng(seed)
 
     def step_loss() -> torch.Tensor:
-        """Captions and checks in forwards of their own: the text rows are the longer ones, and
-        padding the video rows to them would be paid for."""
+        """Captions and checks in forwards of their own: the text rows are the longer ones, so
+        one batch would pad every video row to them."""
         videos = rng.choice(len(train), size=pcfg.batch_size, replace=False)
         texts = rng.choice(len(train), size=pcfg.compare_batch_size)
         return (loss_of([rows[train[i]] for i in videos])
