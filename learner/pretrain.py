@@ -36,7 +36,7 @@ from corpus.synth import (
 from corpus.video import decode_video
 from learner.batch import Row, collate
 from learner.losses import sft_token_loss
-from learner.sft_data import moment_sentence, reasoning, template_words
+from learner.sft_data import DIFFERS, SAME, moment_sentence, reasoning, template_words
 from models.fit import fit
 from models.loading import load_policy, load_processor
 from rollout.parsing import format_response
@@ -113,7 +113,7 @@ def check_accuracy(model, processor, rows: list[Row], merge: int,
                    batch_size: int) -> tuple[float, float]:
     """Teacher-forced: the share of the rows' "same" and of their "differs" words that the
     model ranks first (separately: most words are "same")."""
-    ids = processor.tokenizer.convert_tokens_to_ids(["Ġsame", "Ġdiffers"])
+    ids = [processor.tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in (SAME, DIFFERS)]
     right, total = torch.zeros(2), torch.zeros(2)
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):

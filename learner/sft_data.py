@@ -51,6 +51,9 @@ def moment_sentence(text: str, start: float, end: float) -> str:
     return f"The video shows {text} from {start:g} to {end:g} seconds."
 
 
+SAME, DIFFERS = "same", "differs"  # the check's word after each pair
+
+
 def template_words(texts: list[str], share: float = 0.5) -> frozenset[str]:
     """Words at least `share` of the descriptions use ("a", "on", ...): they say nothing about
     which moment is meant, so the check skips them."""
@@ -75,7 +78,7 @@ def check(query: str, caption: str, skip: frozenset[str]) -> str:
             pairs += list(zip(a, b, strict=True))
         else:
             pairs.append((" ".join(a) or "nothing", " ".join(b) or "nothing"))
-    written = [f"{a} {b} {'same' if a == b else 'differs'}" for a, b in pairs]
+    written = [f"{a} {b} {SAME if a == b else DIFFERS}" for a, b in pairs]
     return "Check: " + (", ".join(written) or "nothing") + "."
 
 
