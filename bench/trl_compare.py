@@ -1,7 +1,8 @@
 """GRPO step time of this system against TRL's `GRPOTrainer`, in one run, on one workload.
 
 The workload is the same for both: the tiny Qwen3-VL policy (random weights, fp32) with
-text-only prompts (a query rendered by the chat template, no video), P prompts x G samples,
+text-only prompts (a query rendered by the chat template, no video; short, or padded with
+earlier searches to the length of the training job's turns), P prompts x G samples,
 completions of up to MAX_TOKENS tokens at temperature 1.0 ending at the model's end-of-turn
 token, the vision placeholder tokens never sampled, the same deterministic text reward,
 group-normalised advantages, a token-mean PPO-clip loss with a KL term to the frozen
@@ -44,6 +45,9 @@ import time
 from pathlib import Path
 
 P, G, MAX_TOKENS, STEPS = 4, 8, 128, 6  # STEPS includes the warm-up step
+# cpu_tiny's GRPO turns (make train, 2026-11-30): 159 prompt tokens (query, video, instructions),
+# up to rollout.sampling.max_tokens = 160 response tokens
+JOB_PROMPT_TOKENS, JOB_MAX_TOKENS = 159, 160
 MICRO_BATCH = 8
 SIDE_TIMEOUT_S = 3600
 
@@ -65,12 +69,25 @@ def reward(text: str) -> float:
     return min(len(text), 256) / 256 + 0.5 * any(c.isdigit() for c in text)
 
 
-def prompt_texts(processor, n: int) -> list[str]:
-    """n text-only chat prompts (generation prompt appended), as strings."""
-    return [processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "text", "text": QUERIES[i % len(QUERIES)]
-                                       + f" (clip {i})"}]}],
-        add_generation_prompt=True, tokenize=False) for i in range(n)]
+def prompt_texts(processor, n: int, min_tokens: int = 0) -> list[str]:
+    """n text-only chat prompts (generation prompt appended), as strings; with `min_tokens`,
+    earlier searches are listed before the query until a prompt is that long (the training
+    job's turns carry ~160 prompt tokens: the query, a video, the instructions)."""
+    def render(lines: list[str]) -> str:
+        return processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "text", "text": "\n".join(lines)}]}],
+            add_generation_prompt=True, tokenize=False)
+
+    texts = []
+    for i in range(n):
+        lines = [QUERIES[i % len(QUERIES)] + f" (clip {i})"]
+        for k in itertools.count(1):
+            text = render(lines)
+            if len(processor.tokenizer(text, add_special_tokens=False).input_ids) >= min_tokens:
+                break
+            lines.insert(0, f"Earlier search: {QUERIES[(i + k) % len(QUERIES)]}.")
+        texts.append(text)
+    return texts
 
 
 def _stop_and_banned(model_dir: str) -> tuple[list[int], list[int]]:
@@ -108,7 +125,8 @@ def _trl(s: dict) -> dict:
     model, _ = load_policy(s["policy_dir"], "float32")
     P_, G_, steps = s["prompts"], s["group"], s["steps"]
     micro = min(s["micro_batch"], P_ * G_)
-    dataset = Dataset.from_dict({"prompt": prompt_texts(processor, P_ * steps)})
+    dataset = Dataset.from_dict({"prompt": prompt_texts(processor, P_ * steps,
+                                                         s["prompt_tokens"])})
 
     class Clock(TrainerCallback):
         def __init__(self):
@@ -205,7 +223,7 @@ def _ours(s: dict) -> dict:
     processor = load_processor(s["policy_dir"])
     tok = processor.tokenizer
     stop, banned = _stop_and_banned(s["policy_dir"])
-    texts = prompt_texts(processor, P_ * steps)
+    texts = prompt_texts(processor, P_ * steps, s["prompt_tokens"])
     prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
 
     init_distributed(0, 1, "127.0.0.1", _free_port())
@@ -259,6 +277,7 @@ def _ours(s: dict) -> dict:
         engine.shutdown()
         learner.close()
     return {**out, "mean_completion_tokens": sum(lengths) / len(lengths),
+            "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts),
             "mean_reward": sum(rewards) / len(rewards),
             "logprob_mismatch": mismatch, "engine_start_seconds": engine.start_seconds,
             "torch_threads": torch.get_num_threads()}
@@ -279,9 +298,21 @@ def _run_side(side: str, settings: dict) -> dict:
     return json.loads(out.read_text())
 
 
-def run(results: dict, prompts: int = P, group: int = G, max_tokens: int = MAX_TOKENS,
-        steps: int = STEPS, micro_batch: int = MICRO_BATCH, threads: int | None = None) -> dict:
-    """`threads`: OMP_NUM_THREADS for both sides (None: the machine's default, all cores)."""
+def run(results: dict) -> dict:
+    """Two workloads: short text prompts, and turns shaped like the training job's (prompt and
+    response lengths of cpu_tiny's GRPO turns)."""
+    results["short_prompts"] = compare()
+    results["job_shaped"] = compare(prompt_tokens=JOB_PROMPT_TOKENS, max_tokens=JOB_MAX_TOKENS)
+    results["speedup_vs_trl"] = {k: results[k]["speedup_vs_trl"]
+                                 for k in ("short_prompts", "job_shaped")}
+    return results
+
+
+def compare(prompts: int = P, group: int = G, max_tokens: int = MAX_TOKENS, steps: int = STEPS,
+            micro_batch: int = MICRO_BATCH, threads: int | None = None,
+            prompt_tokens: int = 0) -> dict:
+    """One workload, both sides. `threads`: OMP_NUM_THREADS for both (None: the machine's
+    default, all cores); `prompt_tokens`: the least prompt length (see prompt_texts)."""
     from config import load_config
     from models.loading import resolve_model_dirs
 
@@ -298,7 +329,7 @@ def run(results: dict, prompts: int = P, group: int = G, max_tokens: int = MAX_T
         base = dict(policy_dir=str(policy_dir), model_cache=str(work / "models"), prompts=prompts,
                     group=group, max_tokens=max_tokens, steps=steps, micro_batch=micro_batch,
                     lr=cfg.learner.grpo_lr or cfg.learner.lr, kl_beta=cfg.learner.kl_beta,
-                    clip_eps=cfg.learner.clip_eps, threads=threads)
+                    clip_eps=cfg.learner.clip_eps, threads=threads, prompt_tokens=prompt_tokens)
         sides = {}
         load_before = os.getloadavg()[0]
         for side in ("trl", "ours"):
@@ -311,7 +342,7 @@ def run(results: dict, prompts: int = P, group: int = G, max_tokens: int = MAX_T
     timed = slice(1, None)  # the first step warms up
     trl_step = _median(trl["step_seconds"][timed])
     ours_step = _median(ours["step_seconds"][timed])
-    results.update({
+    return {
         "trl_grpo_step_seconds_median": trl_step,
         "trl_generation_seconds_median": _median(trl["generation_seconds"][timed]),
         "trl_step_seconds": trl["step_seconds"],
@@ -336,7 +367,9 @@ def run(results: dict, prompts: int = P, group: int = G, max_tokens: int = MAX_T
         # multi-threaded op): compare with the number of cores before trusting a speedup
         "load_average_1min": {"before": load_before, "after": load_after},
         "speedup_vs_trl": trl_step / ours_step,
-        "workload": (f"text-only GRPO, P={prompts} prompts x G={group} samples, up to "
+        "ours_text_mean_prompt_tokens": ours["mean_prompt_tokens"],
+        "workload": (f"text-only GRPO, P={prompts} prompts (at least {prompt_tokens} tokens) "
+                     f"x G={group} samples, up to "
                      f"{max_tokens} tokens at T=1.0, tiny Qwen3-VL (random weights) fp32, KL beta "
                      f"{base['kl_beta']}, 1 optimizer step/step in micro-batches of "
                      f"{min(micro_batch, prompts * group)}, {steps - 1} timed steps after 1 "
@@ -344,8 +377,7 @@ def run(results: dict, prompts: int = P, group: int = G, max_tokens: int = MAX_T
                      "PolicyEngine + Learner ZeRO-2 1 rank + weight reload; TRL: GRPOTrainer "
                      "with transformers generate, fp32, no gradient checkpointing), torch threads "
                      f"{threads or 'default'}"),
-    })
-    return results
+    }
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ class PolicyEngine:
             temperature=0.0 if greedy else sampling.temperature,
             top_p=1.0 if greedy else sampling.top_p,
             max_tokens=sampling.max_tokens, seed=seed, logprobs=0,
-            stop_token_ids=list(stop_token_ids), skip_special_tokens=False,
+            stop_token_ids=list(stop_token_ids), detokenize=False,
             logit_bias={int(t): -1e4 for t in banned_token_ids} or None,
         )
 
@@ -210,8 +210,12 @@ class PolicyEngine:
         ids = list(completion.token_ids)
         logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs, ids, strict=True)]
         self.generated_tokens += len(ids)
+        # decoded once here, not token by token in the engine loop (detokenize=False: a tenth
+        # of a decode step on CPU); a stop token ends the ids but is not part of the text
+        text_ids = ids[:-1] if completion.finish_reason == "stop" else ids
         return TurnOutput(prompt_ids=list(out.prompt_token_ids), response_ids=ids,
-                          logprobs=logprobs, text=completion.text,
+                          logprobs=logprobs,
+                          text=self.tokenizer.decode(text_ids, skip_special_tokens=False),
                           finish_reason=completion.finish_reason)
 
     async def slot_hidden_states(self, sequence_ids: list[int], mm_data: dict | None) -> np.ndarray:

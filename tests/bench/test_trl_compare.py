@@ -12,9 +12,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_trl_compare_smallest():
-    from bench.trl_compare import run
+    from bench.trl_compare import compare
 
-    results = run({}, prompts=2, group=2, max_tokens=8, steps=2, threads=1)
+    results = compare(prompts=2, group=2, max_tokens=8, steps=2, threads=1, prompt_tokens=40)
     for key in ("trl_grpo_step_seconds_median", "ours_text_grpo_step_seconds_median",
                 "ours_text_generation_seconds_median", "ours_text_learner_seconds_median",
                 "ours_text_sync_seconds_median", "speedup_vs_trl"):
@@ -22,5 +22,17 @@ def test_trl_compare_smallest():
     assert len(results["trl_step_seconds"]) == len(results["ours_text_step_seconds"]) == 2
     assert 1 <= results["trl_mean_completion_tokens"] <= 8
     assert 1 <= results["ours_text_mean_completion_tokens"] <= 8
+    assert results["ours_text_mean_prompt_tokens"] >= 40
     assert "P=2" in results["workload"] and "G=2" in results["workload"]
     assert "KL beta 0.0" in results["workload"]  # cpu_tiny trains without the KL term
+
+
+def test_prompts_reach_the_least_length_and_stay_distinct(model_dirs):
+    from bench.trl_compare import prompt_texts
+    from models.loading import load_processor
+
+    processor = load_processor(model_dirs[0])
+    short, long = prompt_texts(processor, 6), prompt_texts(processor, 6, min_tokens=160)
+    lengths = [len(processor.tokenizer(t, add_special_tokens=False).input_ids) for t in long]
+    assert min(lengths) >= 160 > max(len(processor.tokenizer(t).input_ids) for t in short)
+    assert len(set(long)) == 6 and all(t.endswith("<|im_start|>assistant\n") for t in long)

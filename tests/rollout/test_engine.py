@@ -67,6 +67,24 @@ def test_text_greedy_matches_transformers(engine, hf_policy):
     assert got.response_ids == want
 
 
+def test_text_is_the_response_without_its_stop_token(engine):
+    """Text is decoded once from the ids (the engine does not detokenize): a turn ended by a
+    stop token has that token in its ids but not in its text; one cut by max_tokens keeps all."""
+    from config.schema import SamplingConfig
+
+    eng, processor = engine
+    tok = processor.tokenizer
+    ids = tok("<|im_start|>user\na red circle moves left<|im_end|>\n<|im_start|>assistant\n").input_ids
+    free = asyncio.run(eng.generate(ids, None, _greedy(eng, max_tokens=40)))
+    first = free.response_ids[3]  # stop at the 4th token's id, whatever the model writes
+    stopped = asyncio.run(eng.generate(ids, None, eng.sampling_params(
+        SamplingConfig(max_tokens=40), [first], greedy=True)))
+    cut = stopped.response_ids.index(first) + 1
+    assert stopped.finish_reason == "stop" and len(stopped.response_ids) == cut
+    assert stopped.text == tok.decode(stopped.response_ids[:-1])
+    assert free.finish_reason == "length" and free.text == tok.decode(free.response_ids)
+
+
 def test_image_greedy_matches_transformers(engine, hf_policy, video):
     eng, processor = engine
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
