@@ -147,6 +147,8 @@ class SQRConfig:
 @dataclass
 class SamplingConfig:
     temperature: float = 1.0
+    # < 1 samples from the nucleus; the learner's log-probs are then of that nucleus too
+    # (learner.losses.nucleus), at the cost of sorting each row's logits over the vocabulary
     top_p: float = 1.0
     max_tokens: int = 128
     seed: int = 0

@@ -13,6 +13,11 @@ ground-truth video was the top-1 of any of their turns: what the search put in f
 verifier, whether or not the verifier then took it. Values are percentages, except "reward":
 where the rows carry ``episode_reward``, final also holds its mean over queries (the number GRPO
 normalises, rollout.rewards.episode_total), which compares models on the training objective.
+
+"refinement" asks whether Soft Query Refinement searches better than not refining: on every
+turn reached by a refined search (turn >= 2), VR of its top-1 against VR of the video the
+first search ranked next among those not shown yet (what rejecting and taking the next result
+would have shown). It needs the rows' ``retrieved_ids``.
 """
 
 from __future__ import annotations
@@ -82,4 +87,29 @@ def compute_metrics(
     final["VR@any"] = 100.0 * len(shown) / len(last) if last else 0.0
     if last and all("episode_reward" in row for row in last):
         final["reward"] = sum(float(row["episode_reward"]) for row in last) / len(last)
-    return {"final": final, "per_turn": per_turn}
+    out = {"final": final, "per_turn": per_turn}
+    if rows and all(row.get("retrieved_ids") is not None for row in rows):
+        out["refinement"] = refinement_metrics(rows)
+    return out
+
+
+def refinement_metrics(rows: Sequence[Row]) -> dict[str, float]:
+    """Refined top-1 vs the first search's next unseen result, on the turns refinement reached."""
+    episodes: dict[Any, dict[int, Row]] = {}
+    for row in rows:
+        episodes.setdefault(row["query_id"], {})[int(row["turn"])] = row
+    n = refined = nxt = 0
+    for turns in episodes.values():
+        if 1 not in turns:
+            continue
+        first = turns[1]
+        shown = [first["pred_video_id"]]
+        for t in sorted(k for k in turns if k >= 2):
+            row = turns[t]
+            candidate = next((v for v in first["retrieved_ids"] if v not in shown), None)
+            n += 1
+            refined += row["pred_video_id"] == row["gt_video_id"]
+            nxt += candidate is not None and candidate == row["gt_video_id"]
+            shown.append(row["pred_video_id"])
+    return {"refined_turns": n, "VR_refined": 100.0 * refined / n if n else 0.0,
+            "VR_next_in_ranking": 100.0 * nxt / n if n else 0.0}

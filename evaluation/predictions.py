@@ -12,6 +12,7 @@ PREDICTION_SCHEMA = pa.schema([
     ("answer", pa.string()), ("pred_start", pa.float64()), ("pred_end", pa.float64()),
     ("is_final", pa.bool_()), ("score", pa.float64()), ("desc", pa.string()),
     ("reward", pa.float64()), ("episode_reward", pa.float64()), ("response", pa.string()),
+    ("retrieved_ids", pa.list_(pa.string())),  # this turn's ranking (unseen videos only)
 ])
 
 
@@ -23,5 +24,6 @@ def predictions_table(episodes: list[list[Turn]]) -> pa.Table:
         "is_final": t.is_final, "score": t.retrieved_scores[0] if t.retrieved_scores else 0.0,
         "desc": t.query_text, "reward": t.reward,
         "episode_reward": t.episode_reward, "response": t.response_text,
+        "retrieved_ids": list(t.retrieved_ids),
     } for turns in episodes for t in turns]
     return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)

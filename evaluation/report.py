@@ -15,15 +15,20 @@ COLUMNS = ("R1@0.3", "R1@0.5", "R1@0.7", "VER", "VR")
 
 def comparison_table(evals: dict[str, dict]) -> str:
     """evals: tag -> compute_metrics output. Final metrics plus single-shot (turn-1) VR, the
-    ground truth shown at any turn, and the mean episode reward."""
+    ground truth shown at any turn, VR of the refined searches against the first search's next
+    result on the same turns (VR@SQR, VR@next), and the mean episode reward."""
     head = (f"{'model':<14}" + "".join(f"{c:>9}" for c in COLUMNS)
-            + f"{'VR@turn1':>10}{'VR@any':>8}{'reward':>8}{'n':>5}")
+            + f"{'VR@turn1':>10}{'VR@any':>8}{'VR@SQR':>8}{'VR@next':>8}{'reward':>8}{'n':>5}")
     lines = [head, "-" * len(head)]
     for tag, m in evals.items():
         final = m["final"]
         turn1 = m["per_turn"].get(1, m["per_turn"].get("1", {})).get("VR", 0.0)
+        ref = m.get("refinement", {})
+        ref = ref if ref.get("refined_turns") else {}  # no refined turn: nothing to compare
         lines.append(f"{tag:<14}" + "".join(f"{final[c]:>9.1f}" for c in COLUMNS)
                      + f"{turn1:>10.1f}{final.get('VR@any', float('nan')):>8.1f}"
+                     + f"{ref.get('VR_refined', float('nan')):>8.1f}"
+                     + f"{ref.get('VR_next_in_ranking', float('nan')):>8.1f}"
                      + f"{final.get('reward', float('nan')):>8.3f}"
                      + f"{final['num_queries']:>5}")
     return "\n".join(lines)

@@ -74,19 +74,20 @@ class GRPOLoss:
     sequence) mean, so micro-batches and ranks may hold any number of tokens. `old` holds the
     pre-update log-probs of micro-batches after the first mini-batch, keyed (mini, micro).
     Log-probs are those of the distribution the rollout sampled from: logits / `temperature`,
-    as vLLM reports them (processed logprobs)."""
+    cut to the `top_p` nucleus, as vLLM reports them (processed logprobs)."""
 
-    def __init__(self, lcfg: LearnerConfig, ref: torch.nn.Module | None, temperature: float = 1.0):
+    def __init__(self, lcfg: LearnerConfig, ref: torch.nn.Module | None, temperature: float = 1.0,
+                 top_p: float = 1.0):
         if temperature <= 0:
             raise ValueError(f"GRPO needs a sampling temperature > 0, got {temperature}")
-        self.lcfg, self.ref, self.temperature = lcfg, ref, temperature
+        self.lcfg, self.ref, self.temperature, self.top_p = lcfg, ref, temperature, top_p
         self.old: dict[tuple[int, int], torch.Tensor] = {}
 
     def logprobs(self, model: Callable, batch: Batch) -> torch.Tensor:
         return self._sampled_logprobs(model(**batch.inputs)[0], batch)
 
     def _sampled_logprobs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return token_logprobs(logits[:, :-1] / self.temperature, batch.labels)
+        return token_logprobs(logits[:, :-1] / self.temperature, batch.labels, self.top_p)
 
     def __call__(self, model: Callable, batch: Batch, key: tuple[int, int], norm: float,
                  stats: Stats) -> torch.Tensor:

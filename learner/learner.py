@@ -80,7 +80,8 @@ class Learner:
         started = time.perf_counter()
         lcfg = self.cfg.learner
         rows = grpo_rows(turns, self.videos, lcfg.std_normalize_advantages)
-        loss = GRPOLoss(lcfg, self.ref, self.cfg.rollout.sampling.temperature)
+        sampling = self.cfg.rollout.sampling
+        loss = GRPOLoss(lcfg, self.ref, sampling.temperature, sampling.top_p)
         self._old_logprobs(rows, loss)
         stats = self._train(rows, loss, lambda mb: normaliser(mb, lcfg.loss_aggregation))
         metrics = self._finish(stats, started)

@@ -116,20 +116,39 @@ def logprob_mismatch(learner_logprobs: Tensor, sampler_logprobs: Tensor, mask: T
     return _masked_mean((learner_logprobs - sampler_logprobs).abs(), mask).item()
 
 
-def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
+def token_logprobs(logits: Tensor, labels: Tensor, top_p: float = 1.0) -> Tensor:
     """Log-prob of each label under its logits, as float32 [B, T].
 
     Labels must already be aligned with the logits (the caller shifts). One row at a time goes
     through float32 log_softmax, so a bf16 batch never holds a full float32 [B, T, V] copy at once
     when no graph is kept (old/ref log-probs). Negative labels (ignore_index) are gathered at
-    token 0; callers mask them out.
+    token 0; callers mask them out. With `top_p` < 1 the log-probs are those of the nucleus the
+    sampler drew from (see `nucleus`).
     """
     index = labels.clamp(min=0).unsqueeze(-1)
     rows = [
-        torch.log_softmax(lg.float(), -1).gather(-1, ix).squeeze(-1)
+        torch.log_softmax(nucleus(lg.float(), ix, top_p), -1).gather(-1, ix).squeeze(-1)
         for lg, ix in zip(logits, index, strict=True)
     ]
     return torch.stack(rows)
+
+
+def nucleus(logits: Tensor, index: Tensor, top_p: float) -> Tensor:
+    """Logits [T, V] outside each position's top-p nucleus set to -inf, by vLLM's rule (sorted
+    ascending, a token goes when the probability mass up to and including it is <= 1 - top_p;
+    the most likely token always stays), so the learner's distribution is the one sampled
+    from. The label (`index`, [T, 1]) always stays: a learner-vs-sampler numerics gap at the
+    nucleus edge must not make a sampled token impossible (-inf log-prob)."""
+    if top_p >= 1.0:
+        return logits
+    if not 0.0 < top_p:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    sorted_logits, order = logits.sort(-1)
+    drop_sorted = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+    drop_sorted[:, -1] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    drop.scatter_(-1, index, False)
+    return logits.masked_fill(drop, float("-inf"))
 
 
 def sft_token_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:

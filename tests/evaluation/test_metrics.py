@@ -114,6 +114,23 @@ def test_reward_is_the_mean_episode_reward_over_queries():
     assert "reward" not in compute_metrics(ROWS)["final"]  # rows without rewards: no number
 
 
+def test_refinement_against_the_next_unseen_result_of_the_first_search():
+    # q1: first search ranks v9, v1, v5; v9 rejected; the refined search shows v1: both hit.
+    # q2: ranks w9, w8, w2; w9 rejected -> refined shows w2 (hit), next would be w8 (miss);
+    #     w2 rejected too -> refined shows w7 (miss), next unseen is w8 (miss).
+    # q3: answered at turn 1: no refined turn.
+    rows = [row("q1", 1, "v1", "v9", "not_matched", None, False, retrieved_ids=["v9", "v1", "v5"]),
+            row("q1", 2, "v1", "v1", "matched", None, True, retrieved_ids=["v1", "v5"]),
+            row("q2", 1, "w2", "w9", "not_matched", None, False, retrieved_ids=["w9", "w8", "w2"]),
+            row("q2", 2, "w2", "w2", "not_matched", None, False, retrieved_ids=["w2", "w8"]),
+            row("q2", 3, "w2", "w7", "not_matched", None, True, retrieved_ids=["w7"]),
+            row("q3", 1, "u", "u", "matched", None, True, retrieved_ids=["u"])]
+    ref = compute_metrics(rows)["refinement"]
+    assert ref == {"refined_turns": 3, "VR_refined": pytest.approx(200 / 3),
+                   "VR_next_in_ranking": pytest.approx(100 / 3)}
+    assert "refinement" not in compute_metrics(ROWS)  # rows without rankings: no number
+
+
 def test_empty_input():
     zeros = {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "VER": 0.0, "VR": 0.0, "VR@any": 0.0,
              "num_queries": 0}

@@ -4,16 +4,25 @@ from evaluation.report import comparison_table
 def _metrics(vr_final, vr_turn1, reward=None):
     final = {"R1@0.3": 10.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "VER": 50.0, "VR": vr_final,
              "VR@any": 60.0, "num_queries": 10}
+    out = {"final": final, "per_turn": {"1": {"VR": vr_turn1}}}
     if reward is not None:
         final["reward"] = reward
-    return {"final": final, "per_turn": {"1": {"VR": vr_turn1}}}
+        out["refinement"] = {"refined_turns": 6, "VR_refined": 33.3, "VR_next_in_ranking": 50.0}
+    return out
 
 
 def test_table_has_one_row_per_model_with_turn1_vr_and_reward():
     lines = comparison_table({"sft": _metrics(40.0, 30.0, 0.25),
                               "old": _metrics(20.0, 20.0)}).splitlines()
     assert lines[0].split() == ["model", "R1@0.3", "R1@0.5", "R1@0.7", "VER", "VR", "VR@turn1",
-                                "VR@any", "reward", "n"]
+                                "VR@any", "VR@SQR", "VR@next", "reward", "n"]
     assert lines[2].split() == ["sft", "10.0", "0.0", "0.0", "50.0", "40.0", "30.0", "60.0",
-                                "0.250", "10"]
-    assert lines[3].split()[-2] == "nan"  # metrics written before rewards were recorded
+                                "33.3", "50.0", "0.250", "10"]
+    # metrics written before rewards and rankings were recorded
+    assert lines[3].split()[-4:-1] == ["nan", "nan", "nan"]
+
+
+def test_no_refined_turn_prints_nan_not_zero():
+    m = _metrics(40.0, 30.0, 0.25)
+    m["refinement"] = {"refined_turns": 0, "VR_refined": 0.0, "VR_next_in_ranking": 0.0}
+    assert comparison_table({"untrained": m}).splitlines()[2].split()[-4:-2] == ["nan", "nan"]

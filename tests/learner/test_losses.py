@@ -221,6 +221,27 @@ def test_token_logprobs_matches_manual_gather():
     assert torch.isfinite(token_logprobs(logits, labels)).all()
 
 
+def test_nucleus_is_vllms_top_p_and_keeps_the_label():
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    from learner.losses import nucleus
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 40, generator=g) * 3
+    for p in (0.3, 0.9):
+        want = apply_top_k_top_p_pytorch(logits.clone(), None, torch.full((6,), p))
+        top = logits.argmax(-1, keepdim=True)  # always in the nucleus
+        got = nucleus(logits, top, p)
+        assert torch.equal(torch.isinf(got), torch.isinf(want)) and torch.isinf(got).any()
+        lp = token_logprobs(logits[None], top.T, p)[0]
+        assert torch.allclose(lp, torch.log_softmax(want, -1).gather(-1, top)[:, 0], atol=1e-6)
+        outside = torch.isinf(want).float().argmax(-1, keepdim=True)  # a token vLLM cut
+        assert torch.isfinite(token_logprobs(logits[None], outside.T, p)).all()
+    assert torch.equal(nucleus(logits, top, 1.0), logits)
+    with pytest.raises(ValueError, match="top_p"):
+        nucleus(logits, top, 0.0)
+
+
 def test_sft_token_loss_is_masked_cross_entropy():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(2, 4, 7, generator=g)

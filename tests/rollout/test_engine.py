@@ -85,6 +85,27 @@ def test_text_is_the_response_without_its_stop_token(engine):
     assert free.finish_reason == "length" and free.text == tok.decode(free.response_ids)
 
 
+def test_learner_logprobs_match_the_sampler_under_top_p(engine, hf_policy):
+    """vLLM reports log-probs of the top-p nucleus it sampled from; the learner's token_logprobs
+    with the same top_p reads the same numbers back (without it, the gap is the nucleus mass)."""
+    from config.schema import SamplingConfig
+    from learner.losses import token_logprobs
+    from rollout.prompts import mm_token_type_ids
+
+    eng, processor = engine
+    ids = processor.tokenizer("<|im_start|>user\na red circle moves left<|im_end|>\n<|im_start|>assistant\n").input_ids
+    sampling = SamplingConfig(max_tokens=24, temperature=1.0, top_p=0.5)
+    got = asyncio.run(eng.generate(ids, None, eng.sampling_params(sampling, [], seed=7)))
+    seq = ids + got.response_ids
+    with torch.no_grad():
+        logits = hf_policy[0](input_ids=torch.tensor([seq]),
+                              mm_token_type_ids=mm_token_type_ids(processor, seq)).logits[:, len(ids) - 1:-1]
+    labels = torch.tensor([got.response_ids])
+    sampler = torch.tensor(got.logprobs)
+    assert (token_logprobs(logits, labels, 0.5)[0] - sampler).abs().max() < 1e-3
+    assert (token_logprobs(logits, labels)[0] - sampler).abs().max() > 0.05
+
+
 def test_image_greedy_matches_transformers(engine, hf_policy, video):
     eng, processor = engine
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
