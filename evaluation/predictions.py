@@ -12,7 +12,7 @@ PREDICTION_SCHEMA = pa.schema([
     ("answer", pa.string()), ("pred_start", pa.float64()), ("pred_end", pa.float64()),
     ("is_final", pa.bool_()), ("score", pa.float64()), ("desc", pa.string()),
     ("reward", pa.float64()), ("episode_reward", pa.float64()), ("response", pa.string()),
-    ("retrieved_ids", pa.list_(pa.string())),  # this turn's ranking (unseen videos only)
+    ("retrieved_ids", pa.list_(pa.string())),  # this turn's ranking (refined: unseen videos)
 ])
 
 
