@@ -106,7 +106,7 @@ class Learner:
         """((mini, micro) key, mini-batch rows, this rank's micro-batch) in schedule order."""
         lcfg = self.cfg.learner
         for m, mb in enumerate(plan(len(rows), self.rank, self.world, lcfg.micro_batch_size,
-                                    lcfg.grad_accum_steps)):
+                                    lcfg.grad_accum_steps, [len(r.ids) for r in rows])):
             mb_rows = [rows[i] for i in mb.rows]
             for c, idx in enumerate(mb.micro):
                 mine = [rows[i] for i in idx] or [mb_rows[0].filler()]

@@ -20,10 +20,13 @@ from learner.sft_data import build_sft_examples
 from rollout.parsing import parse_response
 
 
+@pytest.mark.parametrize("by_length", [False, True])
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
 @pytest.mark.parametrize("world,accum", [(1, 1), (1, 2), (2, 1), (2, 2)])
-def test_plan_covers_every_row_once_and_keeps_ranks_in_step(rows, world, accum):
-    plans = [plan(rows, r, world, micro_batch=2, accum=accum) for r in range(world)]
+def test_plan_covers_every_row_once_and_keeps_ranks_in_step(rows, world, accum, by_length):
+    lengths = [(7 * i) % 11 + 1 for i in range(rows)] if by_length else None
+    plans = [plan(rows, r, world, micro_batch=2, accum=accum, lengths=lengths)
+             for r in range(world)]
     assert len({len(p) for p in plans}) == 1, "every rank makes the same number of steps"
     seen = []
     for m in range(len(plans[0])):
@@ -36,6 +39,24 @@ def test_plan_covers_every_row_once_and_keeps_ranks_in_step(rows, world, accum):
     assert seen == list(range(rows))
     with pytest.raises(ValueError):
         plan(0, 0, world, 2, accum)
+
+
+def test_plan_groups_rows_of_similar_length_into_micro_batches():
+    """Same mini-batches as in row order, but each micro-batch holds neighbours in length, so
+    the padded tokens (rows x longest row, summed over micro-batches) shrink."""
+    lengths = [100, 10, 90, 20, 80, 30, 70, 40]
+
+    def padded(p):
+        return sum(len(c) * max(lengths[i] for i in c) for mb in p for c in mb.micro if c)
+
+    plain = plan(8, 0, 1, micro_batch=2, accum=4)
+    dealt = plan(8, 0, 1, micro_batch=2, accum=4, lengths=lengths)
+    assert [mb.rows for mb in dealt] == [mb.rows for mb in plain]
+    assert [sorted(lengths[i] for i in c) for c in dealt[0].micro] == [
+        [90, 100], [70, 80], [30, 40], [10, 20]]
+    assert padded(dealt) == 2 * (100 + 80 + 40 + 20) < padded(plain)
+    with pytest.raises(ValueError, match="lengths"):
+        plan(8, 0, 1, 2, 4, lengths=[1, 2])
 
 
 def test_ds_config_follows_the_learner_config():
