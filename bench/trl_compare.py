@@ -24,7 +24,8 @@ in micro-batches of MICRO_BATCH rows. One learner process, no Ray on either side
 
 Each side runs in a fresh subprocess (`python -m bench.trl_compare <side> <settings-json>`),
 so neither inherits the other's threads, process group or vLLM state; both get the same torch
-thread count. The first step of each warms up and is left out of the medians. Other work on
+thread count; each side runs ROUNDS times, the two interleaved. The first step of each run
+warms up and is left out of the medians. Other work on
 the machine skews the two sides unevenly (with 2 threads on 2 cores, a core taken by another
 process stalls every multi-threaded torch op; transformers `generate` suffers far more than
 vLLM), so the result records the load average and is only meaningful on a quiet machine.
@@ -49,6 +50,9 @@ P, G, MAX_TOKENS, STEPS = 4, 8, 128, 6  # STEPS includes the warm-up step
 # up to rollout.sampling.max_tokens = 160 response tokens
 JOB_PROMPT_TOKENS, JOB_MAX_TOKENS = 159, 160
 MICRO_BATCH = 8
+# One run of each side read anywhere from 0.95x to 1.61x on the same code within an hour
+# (2026-11-30): this machine's speed drifts, so each side runs several times, interleaved.
+ROUNDS = 3
 SIDE_TIMEOUT_S = 3600
 
 QUERIES = [
@@ -310,14 +314,17 @@ def run(results: dict) -> dict:
 
 def compare(prompts: int = P, group: int = G, max_tokens: int = MAX_TOKENS, steps: int = STEPS,
             micro_batch: int = MICRO_BATCH, threads: int | None = None,
-            prompt_tokens: int = 0) -> dict:
-    """One workload, both sides. `threads`: OMP_NUM_THREADS for both (None: the machine's
-    default, all cores); `prompt_tokens`: the least prompt length (see prompt_texts)."""
+            prompt_tokens: int = 0, rounds: int = ROUNDS) -> dict:
+    """One workload, both sides, `rounds` times each. `threads`: OMP_NUM_THREADS for both
+    (None: the machine's default, all cores); `prompt_tokens`: the least prompt length (see
+    prompt_texts)."""
     from config import load_config
     from models.loading import resolve_model_dirs
 
     if steps < 2:
         raise ValueError("steps must be >= 2: the first step warms up and is not counted")
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
     if (prompts * group) % min(micro_batch, prompts * group):
         raise ValueError("prompts x group must be a multiple of the micro-batch")
     with tempfile.TemporaryDirectory() as tmp:
@@ -330,54 +337,69 @@ def compare(prompts: int = P, group: int = G, max_tokens: int = MAX_TOKENS, step
                     group=group, max_tokens=max_tokens, steps=steps, micro_batch=micro_batch,
                     lr=cfg.learner.grpo_lr or cfg.learner.lr, kl_beta=cfg.learner.kl_beta,
                     clip_eps=cfg.learner.clip_eps, threads=threads, prompt_tokens=prompt_tokens)
-        sides = {}
+        runs: dict[str, list[dict]] = {"trl": [], "ours": []}
         load_before = os.getloadavg()[0]
-        for side in ("trl", "ours"):
-            (work / side).mkdir()
-            started = time.perf_counter()
-            sides[side] = _run_side(side, {**base, "workdir": str(work / side)})
-            sides[side]["process_seconds"] = time.perf_counter() - started
+        for r in range(rounds):  # alternate the order: a slow spell of the machine hits both
+            for side in ("trl", "ours") if r % 2 == 0 else ("ours", "trl"):
+                (work / f"{side}{r}").mkdir()
+                started = time.perf_counter()
+                out = _run_side(side, {**base, "workdir": str(work / f"{side}{r}")})
+                out["process_seconds"] = time.perf_counter() - started
+                runs[side].append(out)
     load_after = os.getloadavg()[0]
-    trl, ours = sides["trl"], sides["ours"]
-    timed = slice(1, None)  # the first step warms up
-    trl_step = _median(trl["step_seconds"][timed])
-    ours_step = _median(ours["step_seconds"][timed])
+    trl, ours = runs["trl"], runs["ours"]
+    trl_step = _timed_median(trl, "step_seconds")
+    ours_step = _timed_median(ours, "step_seconds")
     return {
         "trl_grpo_step_seconds_median": trl_step,
-        "trl_generation_seconds_median": _median(trl["generation_seconds"][timed]),
-        "trl_step_seconds": trl["step_seconds"],
-        "trl_generation_backend": trl["generation_backend"],
-        "trl_version": trl["trl_version"],
-        "trl_mean_completion_tokens": trl["mean_completion_tokens"],
-        "trl_mean_reward": trl["mean_reward"],
-        "trl_process_seconds": trl["process_seconds"],
+        "trl_generation_seconds_median": _timed_median(trl, "generation_seconds"),
+        "trl_step_seconds": [t["step_seconds"] for t in trl],
+        "trl_generation_backend": trl[0]["generation_backend"],
+        "trl_version": trl[0]["trl_version"],
+        "trl_mean_completion_tokens": _mean(trl, "mean_completion_tokens"),
+        "trl_mean_reward": _mean(trl, "mean_reward"),
+        "trl_process_seconds": [t["process_seconds"] for t in trl],
         "ours_text_grpo_step_seconds_median": ours_step,
-        "ours_text_generation_seconds_median": _median(ours["generation_seconds"][timed]),
-        "ours_text_reward_seconds_median": _median(ours["reward_seconds"][timed]),
-        "ours_text_learner_seconds_median": _median(ours["learner_seconds"][timed]),
-        "ours_text_sync_seconds_median": _median(ours["sync_seconds"][timed]),
-        "ours_text_step_seconds": ours["step_seconds"],
-        "ours_text_mean_completion_tokens": ours["mean_completion_tokens"],
-        "ours_text_mean_reward": ours["mean_reward"],
-        "ours_text_logprob_mismatch": ours["logprob_mismatch"],
-        "ours_text_engine_start_seconds": ours["engine_start_seconds"],
-        "ours_text_process_seconds": ours["process_seconds"],
-        "torch_threads": {"trl": trl["torch_threads"], "ours": ours["torch_threads"]},
+        "ours_text_generation_seconds_median": _timed_median(ours, "generation_seconds"),
+        "ours_text_reward_seconds_median": _timed_median(ours, "reward_seconds"),
+        "ours_text_learner_seconds_median": _timed_median(ours, "learner_seconds"),
+        "ours_text_sync_seconds_median": _timed_median(ours, "sync_seconds"),
+        "ours_text_step_seconds": [o["step_seconds"] for o in ours],
+        "ours_text_mean_completion_tokens": _mean(ours, "mean_completion_tokens"),
+        "ours_text_mean_reward": _mean(ours, "mean_reward"),
+        "ours_text_logprob_mismatch": [o["logprob_mismatch"] for o in ours],
+        "ours_text_engine_start_seconds": [o["engine_start_seconds"] for o in ours],
+        "ours_text_process_seconds": [o["process_seconds"] for o in ours],
+        "ours_text_mean_prompt_tokens": ours[0]["mean_prompt_tokens"],
+        "torch_threads": {"trl": trl[0]["torch_threads"], "ours": ours[0]["torch_threads"]},
         # other work on the machine skews the two sides unevenly (a busy core stalls every
         # multi-threaded op): compare with the number of cores before trusting a speedup
         "load_average_1min": {"before": load_before, "after": load_after},
         "speedup_vs_trl": trl_step / ours_step,
-        "ours_text_mean_prompt_tokens": ours["mean_prompt_tokens"],
+        # the spread a single run would have shown
+        "speedup_per_round": [_timed_median([t], "step_seconds") / _timed_median([o], "step_seconds")
+                              for t, o in zip(trl, ours, strict=True)],
+        "rounds": rounds,
         "workload": (f"text-only GRPO, P={prompts} prompts (at least {prompt_tokens} tokens) "
                      f"x G={group} samples, up to "
                      f"{max_tokens} tokens at T=1.0, tiny Qwen3-VL (random weights) fp32, KL beta "
                      f"{base['kl_beta']}, 1 optimizer step/step in micro-batches of "
                      f"{min(micro_batch, prompts * group)}, {steps - 1} timed steps after 1 "
-                     "warm-up; both sides in one process each, no Ray (ours: in-process vLLM "
-                     "PolicyEngine + Learner ZeRO-2 1 rank + weight reload; TRL: GRPOTrainer "
-                     "with transformers generate, fp32, no gradient checkpointing), torch threads "
-                     f"{threads or 'default'}"),
+                     f"warm-up, {rounds} rounds per side in alternating order, medians over the "
+                     "timed steps of all rounds; each side in a process of its own, no Ray (ours: "
+                     "in-process vLLM PolicyEngine + Learner ZeRO-2 1 rank + weight reload; TRL: "
+                     "GRPOTrainer with transformers generate, fp32, no gradient checkpointing), "
+                     f"torch threads {threads or 'default'}"),
     }
+
+
+def _timed_median(runs: list[dict], key: str) -> float:
+    """Median over every round's steps but its first (the warm-up)."""
+    return _median([x for run in runs for x in run[key][1:]])
+
+
+def _mean(runs: list[dict], key: str) -> float:
+    return sum(run[key] for run in runs) / len(runs)
 
 
 if __name__ == "__main__":
