@@ -1,6 +1,7 @@
-"""GRPO step time of this system against TRL's `GRPOTrainer`, in one run, on one workload.
+"""GRPO step time of this system against TRL's `GRPOTrainer` on two workloads, each side run
+several times, interleaved.
 
-The workload is the same for both: the tiny Qwen3-VL policy (random weights, fp32) with
+Each workload is the same for both: the tiny Qwen3-VL policy (random weights, fp32) with
 text-only prompts (a query rendered by the chat template, no video; short, or padded with
 earlier searches to the length of the training job's turns), P prompts x G samples,
 completions of up to MAX_TOKENS tokens at temperature 1.0 ending at the model's end-of-turn
