@@ -109,7 +109,7 @@ def refinement_metrics(rows: Sequence[Row]) -> dict[str, float]:
             candidate = next((v for v in first["retrieved_ids"] if v not in shown), None)
             n += 1
             refined += row["pred_video_id"] == row["gt_video_id"]
-            nxt += candidate is not None and candidate == row["gt_video_id"]
+            nxt += candidate == row["gt_video_id"]  # None (ranking used up) never is
             shown.append(row["pred_video_id"])
     return {"refined_turns": n, "VR_refined": 100.0 * refined / n if n else 0.0,
             "VR_next_in_ranking": 100.0 * nxt / n if n else 0.0}
