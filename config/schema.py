@@ -68,6 +68,9 @@ class TinyPolicyPretrainConfig:
     # learner.pretrain). 800 steps with 4: held-out "same" / "differs" words right 98 / 99 %,
     # caption CE 0.161, 5.2 min; with 8: 100 / 95 %, CE 0.179, 7.6 min.
     compare_batch_size: int = 4
+    # Weight of the linear probes of each temporal patch's colours/shapes/motions on the
+    # vision tower's output (learner.pretrain.PatchProbes); 0 = the caption loss alone.
+    probe_weight: float = 1.0
     lr: float = 1.0e-3
     warmup_steps: int = 30
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from torch import nn
 
 from config.schema import TinyPolicyPretrainConfig, VideoConfig
 from corpus.synth import (
@@ -33,7 +34,7 @@ from corpus.synth import (
     scenes_of,
     splits_of,
 )
-from corpus.video import decode_video
+from corpus.video import DecodedVideo, decode_video
 from learner.batch import Row, collate
 from learner.losses import sft_token_loss
 from learner.sft_data import DIFFERS, SAME, moment_sentence, reasoning, template_words
@@ -54,6 +55,45 @@ class PolicyPretrainReport:
     # teacher-forced on held-out scenes' compare rows: how many "same" / "differs" words are right
     heldout_same_accuracy: float
     heldout_differs_accuracy: float
+    # teacher-forced on held-out captions: how many colour / shape / motion words are right
+    heldout_colour_accuracy: float
+    heldout_shape_accuracy: float
+    heldout_motion_accuracy: float
+
+
+ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}
+
+
+class PatchProbes(nn.Module):
+    """A linear read-out, from each temporal patch the language model receives, of the colours,
+    shapes and motions drawn in its frames (training aid, discarded): the caption loss reaches
+    the vision tower only through the language model, and shapes and motions came late."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, sum(map(len, ATTRIBUTES.values())))
+
+    def loss(self, features: tuple[torch.Tensor, ...], grid_thw: torch.Tensor,
+             shown: list[torch.Tensor]) -> torch.Tensor:
+        """features: the vision tower's merged tokens per video, t-major; shown: per video
+        [temporal patches, attributes] from `shown_per_patch`."""
+        pooled = torch.cat([f.view(int(t), -1, f.shape[-1]).mean(1)
+                            for f, t in zip(features, grid_thw[:, 0], strict=True)])
+        return nn.functional.binary_cross_entropy_with_logits(self.linear(pooled), torch.cat(shown))
+
+
+def shown_per_patch(scene: Video, frames: DecodedVideo, temporal_patch: int) -> torch.Tensor:
+    """1 where an event drawn in one of a temporal patch's frames has that colour/shape/motion
+    (synth draws an event iff start_s <= t < end_s)."""
+    values = [(a, v) for a, vs in ATTRIBUTES.items() for v in vs]
+    times = frames.timestamps  # an odd last frame is repeated into a patch of its own
+    out = torch.zeros(-(-len(times) // temporal_patch), len(values))
+    for i, t in enumerate(times):
+        for e in scene.events:
+            if e.start_s <= t < e.end_s:
+                for a in ATTRIBUTES:
+                    out[i // temporal_patch, values.index((a, getattr(e, a)))] = 1.0
+    return out
 
 
 def caption(scene: Video) -> str:
@@ -109,22 +149,23 @@ def compare_row(processor, scene: Video, rng: np.random.Generator,
     return Row(ids=prompt + enc.input_ids, mask=[0] * len(prompt) + learn, video=None)
 
 
-def check_accuracy(model, processor, rows: list[Row], merge: int,
-                   batch_size: int) -> tuple[float, float]:
-    """Teacher-forced: the share of the rows' "same" and of their "differs" words that the
-    model ranks first (separately: most words are "same")."""
-    ids = [processor.tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in (SAME, DIFFERS)]
-    right, total = torch.zeros(2), torch.zeros(2)
+def word_accuracy(model, processor, rows: list[Row], words: dict[str, list[str]], merge: int,
+                  batch_size: int) -> dict[str, float]:
+    """Teacher-forced: per group of words, the share of the rows' learnt tokens of that group
+    the model ranks first (groups apart: in the checks most words are "same")."""
+    tok = processor.tokenizer
+    groups = {name: torch.tensor([tok(" " + w, add_special_tokens=False).input_ids[0] for w in ws])
+              for name, ws in words.items()}
+    right, total = dict.fromkeys(groups, 0), dict.fromkeys(groups, 0)
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             batch = collate(rows[i:i + batch_size], processor, merge, model.device)
             hit = model(**batch.inputs, use_cache=False).logits[:, :-1].argmax(-1) == batch.labels
-            for k, word in enumerate(ids):
-                at = (batch.labels == word) & (batch.mask > 0)
-                right[k] += hit[at].sum().item()
-                total[k] += at.sum().item()
-    same, differs = (right / total.clamp(min=1)).tolist()
-    return same, differs
+            for name, ids in groups.items():
+                at = torch.isin(batch.labels, ids) & (batch.mask > 0)
+                right[name] += hit[at].sum().item()
+                total[name] += at.sum().item()
+    return {name: right[name] / max(1, total[name]) for name in groups}
 
 
 def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
@@ -136,13 +177,16 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     processor = load_processor(policy_dir)
     model, _ = load_policy(policy_dir)
     merge = model.config.vision_config.spatial_merge_size
+    temporal_patch = model.config.vision_config.temporal_patch_size
     scenes = scenes_of(corpus)
     split = splits_of(corpus)
-    rows = {}
+    rows, shown = {}, {}
     for r in pq.read_table(corpus.videos_path).to_pylist():
+        vid = r["video_id"]
         frames = decode_video(corpus.out_dir / r["path"], video.fps, video.max_frames,
                               video.max_pixels, video.min_pixels)
-        rows[r["video_id"]] = caption_row(processor, scenes[r["video_id"]], frames)
+        rows[vid] = caption_row(processor, scenes[vid], frames)
+        shown[vid] = shown_per_patch(scenes[vid], frames, temporal_patch)
     heldout = sorted(v for v in rows if split.get(v) == "test")
     train = sorted(v for v in rows if split.get(v) != "test")
     if not heldout or len(train) < pcfg.batch_size:
@@ -152,11 +196,20 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     skip = template_words([e for scene in scenes.values() for e in map(scene.describe, scene.events)])
     heldout_compare = [compare_row(processor, scenes[v], np.random.default_rng(i), skip)
                        for i, v in enumerate(heldout)]
+    probes = PatchProbes(model.config.text_config.hidden_size)
+    merged = []  # the vision tower's output tokens of the last forward, for the probes
+    hook = model.model.visual.merger.register_forward_hook(lambda _m, _i, out: merged.append(out))
 
-    def loss_of(batch_rows: list[Row]) -> torch.Tensor:
+    def loss_of(batch_rows: list[Row], patches_shown: list[torch.Tensor] | None = None) -> torch.Tensor:
         batch = collate(batch_rows, processor, merge, model.device)
+        merged.clear()
         logits = model(**batch.inputs, use_cache=False).logits
-        return sft_token_loss(logits[:, :-1], batch.labels, batch.mask)
+        loss = sft_token_loss(logits[:, :-1], batch.labels, batch.mask)
+        if patches_shown is not None:
+            grid = batch.inputs["video_grid_thw"]
+            features = torch.split(merged[0], (grid.prod(-1) // merge**2).tolist())
+            loss = loss + pcfg.probe_weight * probes.loss(features, grid, patches_shown)
+        return loss
 
     def heldout_loss() -> float:
         model.eval()
@@ -173,17 +226,22 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     def step_loss() -> torch.Tensor:
         """Captions and checks in forwards of their own: the text rows are the longer ones, so
         one batch would pad every video row to them."""
-        videos = rng.choice(len(train), size=pcfg.batch_size, replace=False)
+        videos = [train[i] for i in rng.choice(len(train), size=pcfg.batch_size, replace=False)]
         texts = rng.choice(len(train), size=pcfg.compare_batch_size)
-        return (loss_of([rows[train[i]] for i in videos])
+        return (loss_of([rows[v] for v in videos], [shown[v] for v in videos] if pcfg.probe_weight else None)
                 + loss_of([compare_row(processor, scenes[train[i]], rng, skip) for i in texts]))
 
-    losses = fit(model.parameters(), step_loss,
+    losses = fit([*model.parameters(), *probes.parameters()], step_loss,
                  steps=pcfg.steps, lr=pcfg.lr, warmup_steps=pcfg.warmup_steps,
-                 desc="pretrain tiny policy", progress=progress)
+                 desc="pretrain tiny policy", progress=progress, clip=model.parameters())
+    hook.remove()
     after = heldout_loss()
     model.eval().requires_grad_(False)
-    same, differs = check_accuracy(model, processor, heldout_compare, merge, pcfg.batch_size)
+    checks = word_accuracy(model, processor, heldout_compare, {"same": [SAME], "differs": [DIFFERS]},
+                           merge, pcfg.batch_size)
+    words = word_accuracy(model, processor, [rows[v] for v in heldout], ATTRIBUTES, merge,
+                          pcfg.batch_size)
     model.save_pretrained(policy_dir, safe_serialization=True)
     return PolicyPretrainReport(pcfg.steps, losses[0], losses[-1], len(heldout), before, after,
-                                same, differs)
+                                checks["same"], checks["differs"], words["colour"],
+                                words["shape"], words["motion"])

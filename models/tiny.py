@@ -35,7 +35,7 @@ POLICY_DIR = "tiny-qwen3vl-policy"
 EMBEDDER_DIR = "tiny-qwen3vl-embedder"
 MANIFEST = "tiny_manifest.json"
 # Bump when the recipe changes so that cached models are rebuilt.
-RECIPE_VERSION = 8
+RECIPE_VERSION = 9
 # The tiny models' own pretraining corpus: seed = model seed + this, never a run's corpus.
 PRETRAIN_SEED_OFFSET = 1000
 

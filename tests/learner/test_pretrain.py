@@ -6,8 +6,17 @@ import torch
 
 from config.schema import TinyPolicyPretrainConfig, VideoConfig
 from corpus.synth import Event, Video, scenes_of
-from corpus.video import decode_video
-from learner.pretrain import caption, caption_row, check_accuracy, compare_row, pretrain_policy
+from corpus.video import DecodedVideo, decode_video
+from learner.pretrain import (
+    ATTRIBUTES,
+    PatchProbes,
+    caption,
+    caption_row,
+    compare_row,
+    pretrain_policy,
+    shown_per_patch,
+    word_accuracy,
+)
 from learner.sft_data import moment_sentence
 from models.loading import load_processor
 
@@ -59,7 +68,7 @@ def test_compare_rows_learn_the_check_and_verdict_after_the_written_captions(mod
     assert 0 < sum(verdicts) < 20  # both kinds, about half each
 
 
-def test_check_accuracy_counts_same_and_differs_words_apart(model_dirs, synth):
+def test_word_accuracy_counts_each_group_of_words_apart(model_dirs, synth):
     processor = load_processor(model_dirs[0])
     rows = [compare_row(processor, scenes_of(synth)["synth_0000"], np.random.default_rng(i), SKIP)
             for i in range(6)]
@@ -74,8 +83,44 @@ def test_check_accuracy_counts_same_and_differs_words_apart(model_dirs, synth):
         forward.device = "cpu"
         return forward
 
-    assert check_accuracy(model(True), processor, rows, 2, 4) == (1.0, 1.0)
-    assert check_accuracy(model(False), processor, rows, 2, 4) == (1.0, 0.0)
+    words = {"same": ["same"], "differs": ["differs"]}
+    assert word_accuracy(model(True), processor, rows, words, 2, 4) == {"same": 1.0, "differs": 1.0}
+    assert word_accuracy(model(False), processor, rows, words, 2, 4) == {"same": 1.0, "differs": 0.0}
+
+
+def test_shown_per_patch_marks_what_each_pair_of_frames_draws():
+    scene = Video("v", "navy", [Event("red", "circle", "left", 1, 3, 0.5),
+                                Event("blue", "square", "up", 3, 4, 0.5)])
+    frames = DecodedVideo(np.zeros((7, 2, 2, 3), np.uint8), np.arange(7.0), 7.0, 1.0)
+    shown = shown_per_patch(scene, frames, temporal_patch=2)
+    values = [(a, v) for a, vs in ATTRIBUTES.items() for v in vs]
+
+    def drawn(patch):
+        return {values[i] for i in shown[patch].nonzero().flatten().tolist()}
+
+    assert shown.shape == (4, len(values))  # the odd last frame (t=6) is a patch of its own
+    assert drawn(0) == {("colour", "red"), ("shape", "circle"), ("motion", "left")}  # t=0 empty, t=1 red
+    assert drawn(1) == {("colour", "red"), ("shape", "circle"), ("motion", "left"),  # t=2 red, t=3 blue
+                        ("colour", "blue"), ("shape", "square"), ("motion", "up")}
+    assert drawn(2) == drawn(3) == set()  # end_s is exclusive
+
+
+def test_patch_probes_read_each_temporal_patch_from_its_pooled_tokens():
+    torch.manual_seed(0)
+    probes = PatchProbes(dim=8)
+    grid = torch.tensor([[2, 2, 2], [1, 4, 4]])  # merged tokens per video: 2 and 4
+    features = (torch.randn(2, 8), torch.randn(4, 8))
+    shown = [torch.tensor([[1.0] * 14, [0.0] * 14]), torch.zeros(1, 14)]
+    pooled = torch.stack([features[0][0], features[0][1], features[1].mean(0)])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(probes.linear(pooled), torch.cat(shown))
+    assert torch.allclose(probes.loss(features, grid, shown), expected)
+    opt = torch.optim.SGD(probes.parameters(), lr=1.0)
+    for _ in range(50):
+        opt.zero_grad()
+        loss = probes.loss(features, grid, shown)
+        loss.backward()
+        opt.step()
+    assert probes.loss(features, grid, shown) < 0.5 * expected
 
 
 def test_a_short_pretraining_lowers_the_caption_loss(model_dirs, synth, tmp_path):
@@ -87,7 +132,8 @@ def test_a_short_pretraining_lowers_the_caption_loss(model_dirs, synth, tmp_path
                              TinyPolicyPretrainConfig(steps=15, batch_size=4), 0, progress=False)
     assert report.heldout_videos > 0 and report.last_loss < report.first_loss
     assert report.heldout_loss_after < report.heldout_loss_before
-    assert 0 <= report.heldout_same_accuracy <= 1 and 0 <= report.heldout_differs_accuracy <= 1
+    for word in ("same", "differs", "colour", "shape", "motion"):
+        assert 0 <= getattr(report, f"heldout_{word}_accuracy") <= 1
 
 
 def test_policy_pretraining_needs_steps_and_enough_videos(model_dirs, synth):
