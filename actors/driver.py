@@ -260,7 +260,9 @@ def run(cfg: Config, stages: str = "all", resume: bool = False) -> dict:
     _Stop.install()
     started = time.perf_counter()
     s = open_session(cfg, with_workers=wanted != ("index",))
-    state = JobState(s.work / "job_state.json", fresh=not resume)
+    # A run that trains SFT starts the state afresh; one that starts later (grpo, eval) reads
+    # what an earlier run of this workdir trained.
+    state = JobState(s.work / "job_state.json", fresh=not resume and "sft" in wanted)
     evals: dict[str, dict] = {}
     do_eval = "eval" in wanted
     if "sft" in wanted and not (resume and state.done("sft")):
@@ -275,6 +277,7 @@ def run(cfg: Config, stages: str = "all", resume: bool = False) -> dict:
             state.get("grpo_export") or state.get("sft_export"))
         if latest and s.pool:
             _sync_all(s, _weights_from_export(Path(latest)))
+        s.results["start_weights"] = latest or str(s.policy_dir)
     if "grpo" in wanted:
         s.results["grpo"] = stage_grpo(s, state, resume)
         state.mark_done("grpo", s.results["grpo"])
@@ -283,7 +286,10 @@ def run(cfg: Config, stages: str = "all", resume: bool = False) -> dict:
             evals["grpo"] = evaluate(s, cfg.train.eval_split, "grpo")
     if do_eval and not evals:
         evals["latest"] = evaluate(s, cfg.train.eval_split, "latest")
-    return _report(s, evals, time.perf_counter() - started)
+    # A run that trains nothing (index, eval) reports beside the training run's results.
+    trained = "sft" in wanted or "grpo" in wanted
+    out = s.work / ("results" if trained else "results-" + "-".join(wanted))
+    return _report(s, evals, out, time.perf_counter() - started)
 
 
 def _sync_all(s: Session, weights: Weights) -> None:
@@ -308,11 +314,10 @@ def _weights_from_export(export: Path) -> Weights:
     return Weights(version=0, model_ref=ray.put(model), heads_ref=ray.put(heads))
 
 
-def _report(s: Session, evals: dict, seconds: float) -> dict:
+def _report(s: Session, evals: dict, out: Path, seconds: float) -> dict:
     from evaluation.report import comparison_table, plot
 
     s.metrics.close()
-    out = s.work / "results"
     out.mkdir(exist_ok=True)
     summary = {"seconds": round(seconds, 1), "stages": s.results, "eval": evals,
                "retried_episodes": s.pool.retried_episodes if s.pool else 0,

@@ -12,7 +12,9 @@ Untied embeddings (vLLM's weight reload leaves a tied LM head stale) and head_di
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -139,7 +141,15 @@ def build_tiny_models(
     heads = SQRHeads(SQRHeadsConfig(policy_hidden=256, soft_dim=256, embedder_hidden=128,
                                     num_tokens=soft_tokens))
     heads.save(policy_dir)
-    reports = _pretrain(cache_dir, policy_dir, embedder_dir, video, pretrain, seed)
+    reports = {}
+    if pretrain.embedder.steps or pretrain.policy.steps:
+        # In a process of its own: a Python process keeps the heap it grew (the decoded
+        # pretraining corpora, ~3 GB) after the data is freed, and the caller is often the
+        # training job's driver.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            reports = pool.submit(_pretrain, cache_dir, policy_dir, embedder_dir, video,
+                                  pretrain, seed).result()
     manifest.write_text(json.dumps(dict(recipe=recipe, pretrain=reports), indent=1))
     return policy_dir, embedder_dir
 
@@ -147,8 +157,7 @@ def build_tiny_models(
 def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: VideoConfig,
               pretrain: TinyPretrainConfig, seed: int) -> dict:
     steps = {"embedder": pretrain.embedder.steps, "policy": pretrain.policy.steps}
-    if not any(steps.values()):
-        return {}
+    torch.manual_seed(seed)  # the probes' initialisation; a spawned process starts unseeded
     # Deferred: the trainers build on models (they load them), not the other way round.
     from learner.pretrain import pretrain_policy
     from retrieval_service.pretrain import pretrain_embedder

@@ -106,6 +106,20 @@ def test_resume_continues_from_the_last_checkpoint(short_cfg, first_run):
     assert [h["step"] for h in history if h["stage"] == "grpo"] == [2]  # one new step only
 
 
+def test_an_eval_run_evaluates_the_trained_policy_beside_the_training_results(short_cfg, first_run):
+    from actors.driver import run
+
+    work = Path(short_cfg.paths.workdir)
+    training = (work / "results" / "results.json").read_text()
+    summary = run(short_cfg, stages="eval")
+    state = json.loads((work / "job_state.json").read_text())
+    results = json.loads(Path(summary["results"]).read_text())
+    assert Path(summary["results"]).parent == work / "results-eval"
+    assert results["stages"]["start_weights"] == state["grpo_export"]
+    assert results["eval"]["latest"]["final"]["num_queries"] > 0
+    assert (work / "results" / "results.json").read_text() == training  # not overwritten
+
+
 def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
     """Kill the PolicyWorker process and an index shard mid-step: every (query, sample)
     comes back exactly once and the restarted worker holds the current weights."""
