@@ -62,6 +62,7 @@ class PolicyPretrainReport:
 
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}
+ATTRIBUTE_VALUES = [(a, v) for a, vs in ATTRIBUTES.items() for v in vs]  # the probes' outputs
 
 
 class PatchProbes(nn.Module):
@@ -71,7 +72,7 @@ class PatchProbes(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.linear = nn.Linear(dim, sum(map(len, ATTRIBUTES.values())))
+        self.linear = nn.Linear(dim, len(ATTRIBUTE_VALUES))
 
     def loss(self, features: tuple[torch.Tensor, ...], grid_thw: torch.Tensor,
              shown: list[torch.Tensor]) -> torch.Tensor:
@@ -85,14 +86,13 @@ class PatchProbes(nn.Module):
 def shown_per_patch(scene: Video, frames: DecodedVideo, temporal_patch: int) -> torch.Tensor:
     """1 where an event drawn in one of a temporal patch's frames has that colour/shape/motion
     (synth draws an event iff start_s <= t < end_s)."""
-    values = [(a, v) for a, vs in ATTRIBUTES.items() for v in vs]
     times = frames.timestamps  # an odd last frame is repeated into a patch of its own
-    out = torch.zeros(-(-len(times) // temporal_patch), len(values))
+    out = torch.zeros(-(-len(times) // temporal_patch), len(ATTRIBUTE_VALUES))
     for i, t in enumerate(times):
         for e in scene.events:
             if e.start_s <= t < e.end_s:
                 for a in ATTRIBUTES:
-                    out[i // temporal_patch, values.index((a, getattr(e, a)))] = 1.0
+                    out[i // temporal_patch, ATTRIBUTE_VALUES.index((a, getattr(e, a)))] = 1.0
     return out
 
 

@@ -8,7 +8,7 @@ from config.schema import TinyPolicyPretrainConfig, VideoConfig
 from corpus.synth import Event, Video, scenes_of
 from corpus.video import DecodedVideo, decode_video
 from learner.pretrain import (
-    ATTRIBUTES,
+    ATTRIBUTE_VALUES,
     PatchProbes,
     caption,
     caption_row,
@@ -93,12 +93,10 @@ def test_shown_per_patch_marks_what_each_pair_of_frames_draws():
                                 Event("blue", "square", "up", 3, 4, 0.5)])
     frames = DecodedVideo(np.zeros((7, 2, 2, 3), np.uint8), np.arange(7.0), 7.0, 1.0)
     shown = shown_per_patch(scene, frames, temporal_patch=2)
-    values = [(a, v) for a, vs in ATTRIBUTES.items() for v in vs]
-
     def drawn(patch):
-        return {values[i] for i in shown[patch].nonzero().flatten().tolist()}
+        return {ATTRIBUTE_VALUES[i] for i in shown[patch].nonzero().flatten().tolist()}
 
-    assert shown.shape == (4, len(values))  # the odd last frame (t=6) is a patch of its own
+    assert shown.shape == (4, len(ATTRIBUTE_VALUES))  # the odd last frame (t=6) is a patch of its own
     assert drawn(0) == {("colour", "red"), ("shape", "circle"), ("motion", "left")}  # t=0 empty, t=1 red
     assert drawn(1) == {("colour", "red"), ("shape", "circle"), ("motion", "left"),  # t=2 red, t=3 blue
                         ("colour", "blue"), ("shape", "square"), ("motion", "up")}
