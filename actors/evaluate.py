@@ -20,7 +20,8 @@ def evaluate(session, split: str, tag: str) -> dict:
     if not queries:
         raise ValueError(f"no queries in split {split!r}")
     episodes = asyncio.run(session.pool.groups(queries, 1, session.retriever,
-                                               session.corpus.video_path, seed=0, greedy=True))
+                                               session.corpus.video_path, seed=0, greedy=True,
+                                               progress=f"eval {tag}"))
     table = predictions_table([group[0] for group in episodes])
     out = Path(session.work) / "eval" / tag
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from tqdm.asyncio import tqdm_asyncio
 
 from config.schema import Config
 from rollout.agent import Query, RetrieverClient, run_episode
@@ -104,10 +105,13 @@ class WorkerPool:
             from last_error
 
     async def groups(self, queries: list[Query], group_size: int, retriever: RetrieverClient,
-                     video_path, seed: int, greedy: bool = False) -> list[list[list[Turn]]]:
-        """G episodes for each query, all in flight at once; result[q][g] = turns."""
+                     video_path, seed: int, greedy: bool = False,
+                     progress: str | None = None) -> list[list[list[Turn]]]:
+        """G episodes for each query, all in flight at once; result[q][g] = turns.
+        `progress`: a progress bar's label, counting finished episodes."""
         jobs = [[self.episode(q, g, retriever, video_path,
                               None if greedy else seed * 100_003 + qi * 1_009 + g, greedy)
                  for g in range(group_size)] for qi, q in enumerate(queries)]
-        flat = await asyncio.gather(*[j for group in jobs for j in group])
+        flat = await tqdm_asyncio.gather(*[j for group in jobs for j in group], desc=progress,
+                                         unit="episode", disable=progress is None)
         return [flat[i * group_size:(i + 1) * group_size] for i in range(len(queries))]
