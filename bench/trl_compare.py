@@ -277,10 +277,9 @@ def _ours(s: dict) -> dict:
             rewards += [t.reward for t in turns]
             mismatch.append(metrics["logprob_mismatch"])
     finally:
-        # the process group is left to vLLM's own teardown at exit: it shares it and
-        # fails on a group destroyed before it
-        engine.shutdown()
+        # the engine last: it shares the learner's process group and destroys it
         learner.close()
+        engine.shutdown()
     return {**out, "mean_completion_tokens": sum(lengths) / len(lengths),
             "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts),
             "mean_reward": sum(rewards) / len(rewards),

@@ -149,17 +149,19 @@ def build_tiny_models(
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             reports = pool.submit(_pretrain, cache_dir, policy_dir, embedder_dir, video,
-                                  pretrain, seed, torch.get_rng_state()).result()
+                                  pretrain, seed, torch.get_rng_state().tolist()).result()
     manifest.write_text(json.dumps(dict(recipe=recipe, pretrain=reports), indent=1))
     return policy_dir, embedder_dir
 
 
 def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: VideoConfig,
-              pretrain: TinyPretrainConfig, seed: int, rng_state: torch.Tensor) -> dict:
+              pretrain: TinyPretrainConfig, seed: int, rng_state: list[int]) -> dict:
     steps = {"embedder": pretrain.embedder.steps, "policy": pretrain.policy.steps}
     # The probes' initialisation continues the builder's random stream, as it did in-process
-    # (another stream is another pair of models: README, "How seed-sensitive").
-    torch.set_rng_state(rng_state)
+    # (another stream is another pair of models: README, "How seed-sensitive"). A list, not
+    # the tensor: a tensor crosses processes through torch's fd sharing, which leaves a
+    # resource-sharer thread in the caller blocked in accept() until interpreter exit.
+    torch.set_rng_state(torch.tensor(rng_state, dtype=torch.uint8))
     # Deferred: the trainers build on models (they load them), not the other way round.
     from learner.pretrain import pretrain_policy
     from retrieval_service.pretrain import pretrain_embedder

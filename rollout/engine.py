@@ -26,6 +26,7 @@ import torch
 from config.schema import RolloutConfig, SamplingConfig
 
 SOFT_CAPTURE_EXTENSION = "rollout.soft_capture.SoftTokenCapture"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -265,8 +266,19 @@ class PolicyEngine:
         return await self._call(lambda: self.engine.collective_rpc(method, args=args))
 
     def shutdown(self) -> None:
-        if self._closed:
+        """Stop the stepping thread, then the engine core and vLLM's process group (which a
+        learner in the same process may share): left to interpreter exit, their native
+        teardown races the interpreter's own."""
+        if self.engine is None:
             return
         self._closed = True
         self._inbox.put(("stop", "", None))
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=60)
+        if self._thread.is_alive():  # stuck inside a step: tearing down under it would crash
+            logger.warning("vLLM stepping thread still busy after 60 s; engine left to exit")
+            return
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        self.engine.engine_core.shutdown()
+        self.engine = None
+        cleanup_dist_env_and_memory()

@@ -231,3 +231,27 @@ def test_known_vllm_noise_is_filtered_but_other_warnings_pass(engine, logger_nam
     for text in KNOWN_NOISE[logger_name]:
         assert not filters[0].filter(record(f"prefix {text} suffix"))
     assert filters[0].filter(record("something else"))
+
+
+def test_shutdown_releases_the_engine_and_its_process_group(model_dirs):
+    """A second engine in one process (test modules, the TRL bench) starts after the first
+    shut down, and nothing native is left for interpreter exit to tear down."""
+    import torch.distributed as dist
+
+    from config.schema import RolloutConfig
+    from models.loading import load_processor
+    from models.tokenizer import SQR_SLOT_TOKEN
+    from rollout.engine import PolicyEngine
+
+    tokenizer = load_processor(model_dirs[0]).tokenizer
+    eng = PolicyEngine(str(model_dirs[0]), RolloutConfig(max_model_len=2048),
+                       tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN), 8)
+    ids = tokenizer("hello").input_ids
+    assert asyncio.run(eng.generate(ids, None, _greedy(eng, 2))).response_ids
+    assert dist.is_initialized()
+    eng.shutdown()
+    assert not dist.is_initialized()
+    assert eng.engine is None and not eng._thread.is_alive()
+    eng.shutdown()  # twice is harmless
+    with pytest.raises(RuntimeError, match="shut down"):
+        asyncio.run(eng.generate(ids, None, _greedy(eng, 2)))
