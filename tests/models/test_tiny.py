@@ -1,4 +1,5 @@
 import json
+import threading
 
 import pytest
 import torch
@@ -83,8 +84,13 @@ def test_build_is_cached_and_rebuilt_on_recipe_change(tmp_path):
 
 
 def test_same_seed_same_weights_pretraining_included(tmp_path):
+    before = {t.ident for t in threading.enumerate()}
     a = build_tiny_models(tmp_path / "a", seed=3, pretrain=SHORT_PRETRAIN)
     b = build_tiny_models(tmp_path / "b", seed=3, pretrain=SHORT_PRETRAIN)
+    # the pretraining child hands nothing back through torch's fd sharing, whose thread
+    # would stay blocked in the caller (the training driver) until interpreter exit
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.name != "tqdm_monitor"]
+    assert not left, f"the build left threads behind: {left}"
     for load, i in ((lambda d: load_policy(d)[0], 0), (load_embedder, 1)):
         ma, mb = load(a[i]), load(b[i])
         for (na, pa), (_, pb) in zip(ma.state_dict().items(), mb.state_dict().items(), strict=True):
