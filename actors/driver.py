@@ -260,6 +260,14 @@ def run(cfg: Config, stages: str = "all", resume: bool = False) -> dict:
     _Stop.install()
     started = time.perf_counter()
     s = open_session(cfg, with_workers=wanted != ("index",))
+    try:
+        return _run_stages(s, wanted, resume, started)
+    finally:  # flushes TensorBoard also when a stage fails or the job is stopped
+        s.metrics.close()
+
+
+def _run_stages(s: Session, wanted: tuple[str, ...], resume: bool, started: float) -> dict:
+    cfg = s.cfg
     # A run that trains SFT starts the state afresh; one that starts later (grpo, eval) reads
     # what an earlier run of this workdir trained.
     state = JobState(s.work / "job_state.json", fresh=not resume and "sft" in wanted)
@@ -317,7 +325,6 @@ def _weights_from_export(export: Path) -> Weights:
 def _report(s: Session, evals: dict, out: Path, seconds: float) -> dict:
     from evaluation.report import comparison_table, plot
 
-    s.metrics.close()
     out.mkdir(exist_ok=True)
     summary = {"seconds": round(seconds, 1), "stages": s.results, "eval": evals,
                "retried_episodes": s.pool.retried_episodes if s.pool else 0,

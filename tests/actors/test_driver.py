@@ -140,7 +140,10 @@ def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
         ray.kill(shard, no_restart=False)
         return await task
 
-    groups = asyncio.run(step_with_faults())
+    try:
+        groups = asyncio.run(step_with_faults())
+    finally:
+        s.metrics.close()  # its TensorBoard writer thread would outlive the test
     seen = [(turns[0].query_id, turns[0].sample) for group in groups for turns in group]
     assert sorted(seen) == sorted((q.query_id, g) for q in queries for g in range(2))
     assert all(turns[-1].is_final and turns[0].turn == 1 for group in groups for turns in group)

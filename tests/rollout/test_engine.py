@@ -13,8 +13,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def engine(model_dirs):
+def _start_engine(model_dirs):
     from config.schema import RolloutConfig
     from models.loading import load_processor
     from models.tokenizer import SQR_SLOT_TOKEN
@@ -23,6 +22,12 @@ def engine(model_dirs):
     processor = load_processor(model_dirs[0])
     eng = PolicyEngine(str(model_dirs[0]), RolloutConfig(max_model_len=2048),
                        processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN), 8)
+    return eng, processor
+
+
+@pytest.fixture(scope="module")
+def engine(model_dirs):
+    eng, processor = _start_engine(model_dirs)
     yield eng, processor
     eng.shutdown()
 
@@ -238,15 +243,8 @@ def test_shutdown_releases_the_engine_and_its_process_group(model_dirs):
     shut down, and nothing native is left for interpreter exit to tear down."""
     import torch.distributed as dist
 
-    from config.schema import RolloutConfig
-    from models.loading import load_processor
-    from models.tokenizer import SQR_SLOT_TOKEN
-    from rollout.engine import PolicyEngine
-
-    tokenizer = load_processor(model_dirs[0]).tokenizer
-    eng = PolicyEngine(str(model_dirs[0]), RolloutConfig(max_model_len=2048),
-                       tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN), 8)
-    ids = tokenizer("hello").input_ids
+    eng, processor = _start_engine(model_dirs)
+    ids = processor.tokenizer("hello").input_ids
     assert asyncio.run(eng.generate(ids, None, _greedy(eng, 2))).response_ids
     assert dist.is_initialized()
     eng.shutdown()
