@@ -126,7 +126,7 @@ class LearnerGroup:
         self.cfg = cfg
         res = cfg.resources
         self.world = num_ranks or res.num_learner_ranks
-        bundle = {"CPU": res.cpus_per_actor, **role_resources(cfg, "learner")}
+        bundle = {"CPU": res.cpus_per_learner_rank, **role_resources(cfg, "learner")}
         if res.gpus_per_learner_rank:
             bundle["GPU"] = res.gpus_per_learner_rank
         self.pg = placement_group([bundle] * self.world, strategy="PACK")
@@ -139,7 +139,7 @@ class LearnerGroup:
                                ) from None
         self.ranks = [
             LearnerRank.options(
-                num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_learner_rank,
+                num_cpus=res.cpus_per_learner_rank, num_gpus=res.gpus_per_learner_rank,
                 resources=role_resources(cfg, "learner"),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i),
             ).remote(i, self.world)

@@ -110,7 +110,8 @@ def run(results: dict) -> dict:
             "rollout.max_model_len=1024", "rollout.sampling.max_tokens=16"])
         policy_dir, _ = resolve_model_dirs(cfg)
         turns = _turns(cfg, policy_dir, generate_corpus(cfg.corpus.synth, work / "corpus"))
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
+        # Logical CPUs: one rank takes the preset's 2 (its torch threads), two ranks 1 each.
+        ray.init(address="local", num_cpus=4, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
         try:
             one = LearnerGroup(cfg, num_ranks=1)
@@ -118,7 +119,8 @@ def run(results: dict) -> dict:
             results["step_seconds_1rank_zero2"] = _step_seconds(one, turns)
             results.update(_sync(one, cfg, policy_dir))
             one.shutdown()
-            two = LearnerGroup(cfg, num_ranks=2)
+            two = LearnerGroup(dataclasses.replace(cfg, resources=dataclasses.replace(
+                cfg.resources, cpus_per_learner_rank=1)), num_ranks=2)
             two.build("grpo", policy_dir, cfg=dataclasses.replace(cfg, learner=dataclasses.replace(
                 cfg.learner, zero_stage=3, grad_accum_steps=2)))
             results["step_seconds_2rank_zero3"] = _step_seconds(two, turns)

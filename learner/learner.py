@@ -139,8 +139,9 @@ class Learner:
     def _finish(self, stats: Stats, started: float) -> dict[str, float]:
         metrics = stats.reduce()
         grad_norm = self.engine.get_global_grad_norm()
+        # threads: what the step seconds were measured on (Ray sets them from the rank's CPUs)
         metrics.update(version=self.version, lr=self.engine.get_lr()[0],
-                       step_seconds=time.perf_counter() - started)
+                       step_seconds=time.perf_counter() - started, threads=torch.get_num_threads())
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         return metrics

@@ -80,6 +80,9 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
     assert any(name.startswith("events") for name in os.listdir(f"{work}/tensorboard"))
     state = json.loads(open(f"{work}/job_state.json").read())
     assert state["grpo_step"] == 2 and "grpo" in state["done"]
+    history = json.loads(open(Path(first_run["results"]).parent / "history.json").read())
+    # the learner ran on as many torch threads as CPUs its rank asked for (the preset's 2)
+    assert {h["threads"] for h in history} == {int(short_cfg.resources.cpus_per_learner_rank)} == {2}
 
 
 def test_metrics_reach_the_prometheus_endpoint(first_run):

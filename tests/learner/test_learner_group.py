@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def _cfg(cfg, **learner):
     return dataclasses.replace(
         cfg, learner=dataclasses.replace(cfg.learner, **learner),
-        resources=dataclasses.replace(cfg.resources, cpus_per_actor=0.5))
+        resources=dataclasses.replace(cfg.resources, cpus_per_actor=0.5, cpus_per_learner_rank=0.5))
 
 
 @pytest.fixture(scope="module")
