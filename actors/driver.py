@@ -94,16 +94,41 @@ async def _topk(s: Session, queries: list[Query], k: int) -> dict[str, list[str]
     return {q.query_id: h.video_ids for q, h in zip(queries, hits, strict=True)}
 
 
+def grpo_only_videos(train: list[Query], fraction: float, seed: int) -> set[str]:
+    """The train videos whose queries SFT never sees and GRPO trains on: RL on what the cold
+    start memorised has little left to learn (train.grpo_video_fraction says more)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"train.grpo_video_fraction must be in [0, 1), got {fraction}")
+    videos = sorted({q.video_id for q in train})
+    n = round(fraction * len(videos))
+    return set(np.random.default_rng([seed, 2]).choice(videos, size=n, replace=False)) if n else set()
+
+
+def stage_queries(train: list[Query], stage: str, fraction: float, seed: int) -> list[Query]:
+    """The train queries the "sft" or "grpo" stage trains on."""
+    held = grpo_only_videos(train, fraction, seed)
+    if not held:
+        return train
+    return [q for q in train if (q.video_id in held) == (stage == "grpo")]
+
+
+def _queries_of(s: Session, stage: str) -> list[Query]:
+    return stage_queries(s.corpus.queries("train"), stage, s.cfg.train.grpo_video_fraction,
+                         s.cfg.train.seed)
+
+
 def stage_sft(s: Session, state: JobState) -> dict:
     cfg = s.cfg
-    train = s.corpus.queries("train")
+    train = _queries_of(s, "sft")
+    videos = {q.video_id for q in train}
     ids, vecs = read_embeddings(s.index_dir / "embeddings" / s.results["index"]["model_id"])
     vectors = dict(zip(ids, vecs, strict=True))
     topk = asyncio.run(_topk(s, train, cfg.retrieval.topk))
-    rows = [r for r in s.corpus.rows if r["split"] == "train"]
+    rows = [r for r in s.corpus.rows if r["split"] == "train" and r["video_id"] in videos]
     examples = build_sft_examples(rows, s.corpus.video_paths, vectors, topk,
                                   cfg.learner.infonce_negatives, cfg.train.seed,
-                                  annotated=s.corpus.annotated("train"))
+                                  annotated=[m for m in s.corpus.annotated("train")
+                                             if m["video_id"] in videos])
     learner = LearnerGroup(cfg)
     learner.build("sft", s.policy_dir, s.embedder_dir,
                   ds_overrides=sft_schedule(cfg.train.sft_steps, cfg.learner))
@@ -175,7 +200,7 @@ class _Stop:
 
 def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
     cfg = s.cfg
-    train = s.corpus.queries("train")
+    train = _queries_of(s, "grpo")
     start_dir = state.get("sft_export") or str(s.policy_dir)
     learner = LearnerGroup(cfg)
     learner.build("grpo", start_dir, cfg=learner.with_learner(lr=cfg.learner.grpo_lr or cfg.learner.lr))

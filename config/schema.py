@@ -224,6 +224,9 @@ class TrainConfig:
     queries_per_step: int = 4
     eval_split: str = "test"
     seed: int = 0
+    # Fraction of the train split's videos kept out of SFT: GRPO trains on their queries alone
+    # (0: both stages train on every train query).
+    grpo_video_fraction: float = 0.0
     # Keep every Nth GRPO step's turns as Parquet under <workdir>/rollouts (0: none); on a
     # long GPU run each step's file is megabytes, so raise N there.
     save_rollouts_every: int = 1

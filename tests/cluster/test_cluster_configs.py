@@ -32,13 +32,16 @@ def run_config():
     return yaml.safe_load((ROOT / "configs" / "qwen3vl_2b.yaml").read_text())
 
 
-def actors_needed(run_config) -> dict[str, tuple[int, float]]:
-    """role -> (number of actors, GPUs per actor) in the production config."""
-    r = run_config["resources"]
+def actors_needed(run_config) -> dict[str, tuple[int, float, float]]:
+    """role -> (number of actors, GPUs per actor, CPUs per actor) in the production config."""
+    from config.schema import ResourcesConfig
+
+    r = {**vars(ResourcesConfig()), **run_config["resources"]}
     return {
-        "rollout": (r["num_policy_workers"], r["gpus_per_policy_worker"]),
-        "learner": (r["num_learner_ranks"], r["gpus_per_learner_rank"]),
-        "retrieval": (run_config["retrieval"]["num_shards"], r["gpus_per_index_shard"]),
+        "rollout": (r["num_policy_workers"], r["gpus_per_policy_worker"], r["cpus_per_actor"]),
+        "learner": (r["num_learner_ranks"], r["gpus_per_learner_rank"], r["cpus_per_learner_rank"]),
+        "retrieval": (run_config["retrieval"]["num_shards"], r["gpus_per_index_shard"],
+                      r["cpus_per_actor"]),
     }
 
 
@@ -96,12 +99,13 @@ def test_aws_worker_types(run_config):
     assert sorted(role_of.values()) == sorted(ROLES), "one worker type per role"
     assert config["idle_timeout_minutes"] > 0
     assert sum(n["min_workers"] for n in workers.values()) <= config["max_workers"]
-    for role, (count, gpus_each) in actors_needed(run_config).items():
+    for role, (count, gpus_each, cpus_each) in actors_needed(run_config).items():
         (name,) = [n for n, r in role_of.items() if r == role]
         res = workers[name]["resources"]
         # The types are GPU types, big enough for the production run at max size.
         assert res["GPU"] >= 1
         assert res[role] * gpus_each <= res["GPU"], f"{name}: more {role} slots than GPUs"
+        assert res[role] * cpus_each <= res["CPU"], f"{name}: more {role} slots than CPUs"
         assert res[role] * min(workers[name]["max_workers"], config["max_workers"]) >= count
 
 
@@ -208,8 +212,9 @@ def test_kuberay_rayjob_structure(run_config):
         assert gpus >= 1, f"{name} must request GPUs"
         assert int(container["resources"]["requests"]["nvidia.com/gpu"]) == gpus
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-        count, gpus_each = needed[name]
+        count, gpus_each, cpus_each = needed[name]
         assert resources[name] * gpus_each <= gpus
+        assert resources[name] * cpus_each <= int(limits["cpu"]), f"{name}: more slots than CPUs"
         assert resources[name] * group["maxReplicas"] >= count
     assert len(images) == 1, "one image for head and workers"
 

@@ -1,0 +1,35 @@
+"""Which train queries SFT and GRPO train on (train.grpo_video_fraction)."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.driver import grpo_only_videos, stage_queries
+from rollout.agent import Query
+
+TRAIN = [Query(f"v{v}:q{i}", f"text {v} {i}", f"v{v}", 0.0, 1.0) for v in range(9) for i in range(2)]
+
+
+def test_fraction_zero_trains_both_stages_on_every_query():
+    assert grpo_only_videos(TRAIN, 0.0, seed=0) == set()
+    assert stage_queries(TRAIN, "sft", 0.0, 0) == stage_queries(TRAIN, "grpo", 0.0, 0) == TRAIN
+
+
+def test_the_stages_split_by_video_and_cover_the_train_split():
+    sft, grpo = (stage_queries(TRAIN, stage, 1 / 3, seed=0) for stage in ("sft", "grpo"))
+    sft_videos, grpo_videos = {q.video_id for q in sft}, {q.video_id for q in grpo}
+    assert len(grpo_videos) == 3 and len(sft_videos) == 6
+    assert not sft_videos & grpo_videos  # both queries of a video go to one stage
+    assert sorted(q.query_id for q in sft + grpo) == sorted(q.query_id for q in TRAIN)
+
+
+def test_the_split_follows_the_seed():
+    assert grpo_only_videos(TRAIN, 1 / 3, seed=0) == grpo_only_videos(TRAIN, 1 / 3, seed=0)
+    assert any(grpo_only_videos(TRAIN, 1 / 3, seed=0) != grpo_only_videos(TRAIN, 1 / 3, seed=s)
+               for s in range(1, 5))
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_a_fraction_outside_0_1_is_refused(fraction):
+    with pytest.raises(ValueError, match="grpo_video_fraction"):
+        grpo_only_videos(TRAIN, fraction, seed=0)
