@@ -77,10 +77,9 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
     assert step0.column("is_final").to_pylist().count(True) == (
         short_cfg.rollout.group_size * short_cfg.train.queries_per_step)
     from actors.driver import stage_queries
-    from rollout.agent import Query
+    from corpus.tables import load_corpus
 
-    train = [Query(r["query_id"], r["text"], r["video_id"], r["start_s"], r["end_s"])
-             for r in pq.read_table(f"{work}/corpus/queries.parquet").to_pylist() if r["split"] == "train"]
+    train = load_corpus(f"{work}/corpus/videos.parquet", f"{work}/corpus/queries.parquet").queries("train")
     grpo = {q.query_id for q in stage_queries(train, "grpo", short_cfg.train.grpo_video_fraction,
                                               short_cfg.train.seed)}
     assert 0 < len(grpo) < len(train)  # the preset keeps some videos out of SFT for GRPO

@@ -17,9 +17,16 @@ TEXT = "a red circle moves left on a navy background"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768+) and above Ray's worker ports: an
+    ephemeral one was once taken by one of Ray's own processes before Serve's proxy bound it."""
+    for port in np.random.default_rng().permutation(np.arange(20000, 32000)).tolist():
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 @pytest.fixture(scope="module")
