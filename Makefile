@@ -10,7 +10,7 @@ LOCK := requirements/cpu.lock
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast test-slow bench lint clean lock
+.PHONY: install train test test-fast test-slow test-gpu bench lint clean lock
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ test-fast: $(STAMP)
 
 test-slow: $(STAMP)
 	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q -m slow $(ARGS)
+
+# On a CUDA machine: the learner's GPU path (bf16 ZeRO-2/3, nccl) and the embedder on the GPU.
+test-gpu: $(STAMP)
+	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q -s -m gpu $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m cli bench $(ARGS)

@@ -19,6 +19,18 @@ def pytest_sessionfinish(session, exitstatus):
     session.config.stash[EXIT_STATUS] = int(exitstatus)
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run only where CUDA is: elsewhere they are deselected (reported as such)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     """Leave with pytest's status before native teardown: about one `make test` in eight
