@@ -42,9 +42,11 @@ class Row:
 @dataclass
 class Batch:
     inputs: dict[str, torch.Tensor]  # keyword arguments of PolicyWithHeads.forward
-    labels: torch.Tensor  # [B, T-1] ids[:, 1:], aligned with logits[:, :-1]
-    mask: torch.Tensor  # [B, T-1] float, label mask times row weight
-    sampled: torch.Tensor  # [B, T-1] sampler log-probs at masked labels, 0 elsewhere
+    # Labels start at the batch's first learned token (position S): the model returns logits
+    # for positions S.. only (inputs["logits_to_keep"] = T - S).
+    labels: torch.Tensor  # [B, T-1-S] ids[:, 1+S:], aligned with logits[:, :-1]
+    mask: torch.Tensor  # [B, T-1-S] float, label mask times row weight
+    sampled: torch.Tensor  # [B, T-1-S] sampler log-probs at masked labels, 0 elsewhere
     advantages: torch.Tensor  # [B]
     rows: list[Row]
 
@@ -123,6 +125,10 @@ def collate(rows: list[Row], processor, merge: int, device) -> Batch:
         lengths = attn.sum(-1, keepdim=True)
         inputs["slot_index"] = lengths - n + torch.arange(n)
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    return Batch(inputs=inputs, labels=ids[:, 1:].to(device), mask=mask[:, 1:].to(device),
-                 sampled=sampled.to(device),
+    # Logits only from the first learned token of any row on: the prompt (thousands of video
+    # tokens) needs no vocabulary projection, which at 2B is a [T, 152k] tensor per row.
+    start = min((r.mask.index(1, 1) - 1 for r in rows if 1 in r.mask[1:]), default=0)
+    inputs["logits_to_keep"] = width - start
+    return Batch(inputs=inputs, labels=ids[:, 1 + start:].to(device),
+                 mask=mask[:, 1 + start:].to(device), sampled=sampled[:, start:].to(device),
                  advantages=torch.tensor([r.advantage for r in rows], device=device), rows=rows)

@@ -103,6 +103,9 @@ def build_engine(module: torch.nn.Module, lcfg: LearnerConfig, world: int,
     import deepspeed
 
     module.to(device())  # the optimizer is built on the parameters where they will live
+    # Training mode: transformers recomputes activations (gradient checkpointing) only then;
+    # Qwen3-VL has no dropout, so the numbers are those of eval mode.
+    module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lcfg.lr, weight_decay=lcfg.weight_decay,
                                   fused=on_gpu())

@@ -50,6 +50,8 @@ class Learner:
         self.slot_id = self.processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN)
         model, heads = load_policy(policy_dir, "float32")  # master weights; DeepSpeed casts on GPU
         self.merge = model.config.vision_config.spatial_merge_size
+        if cfg.learner.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         module = PolicyWithHeads(model, heads)
         set_trainable(module, heads=stage == "sft", vision=cfg.learner.train_vision_tower)
         lcfg = cfg.learner

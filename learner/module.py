@@ -23,8 +23,10 @@ class PolicyWithHeads(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 mm_token_type_ids: torch.Tensor, pixel_values_videos: torch.Tensor | None = None,
                 video_grid_thw: torch.Tensor | None = None,
-                slot_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits [B, T, V], embedder-space soft tokens [B, N, D_emb] or None).
+                slot_index: torch.Tensor | None = None, logits_to_keep: int = 0,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits [B, K, V] of the last K = `logits_to_keep` positions (0: all), embedder-space
+        soft tokens [B, N, D_emb] or None).
 
         `slot_index` [B, N] holds the positions of each row's slot tokens; the soft tokens are
         the final (normed) hidden states there, through refine_projector then append_projector,
@@ -33,7 +35,8 @@ class PolicyWithHeads(nn.Module):
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
                           mm_token_type_ids=mm_token_type_ids,
                           pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
-                          output_hidden_states=slot_index is not None, use_cache=False)
+                          output_hidden_states=slot_index is not None, use_cache=False,
+                          logits_to_keep=logits_to_keep)
         if slot_index is None:
             return out.logits, None
         hidden = out.hidden_states[-1]

@@ -84,6 +84,10 @@ def test_collate_pads_right_and_aligns_labels_and_sampler_logprobs(cfg, processo
         assert batch.labels[i, learned].tolist() == t.response_ids
         assert batch.sampled[i, learned].tolist() == pytest.approx(t.sampling_logprobs)
     assert batch.advantages.tolist() == pytest.approx([-1, 1, -1, 1], abs=1e-5)
+    # logits from the first response token of the shortest prompt on, labels aligned with them
+    shortest = min(len(t.prompt_ids) for t in grpo_turns)
+    assert batch.labels.shape[1] == ids.shape[1] - shortest
+    assert batch.inputs["logits_to_keep"] == batch.labels.shape[1] + 1
 
 
 def test_rows_refuse_mismatched_video(cfg, processor, grpo_turns):

@@ -76,10 +76,11 @@ def test_word_accuracy_counts_each_group_of_words_apart(model_dirs, synth):
 
     def model(right_on_differs: bool):
         """Ranks the true next token first, or always "same"."""
-        def forward(input_ids, **_):
+        def forward(input_ids, logits_to_keep=0, **_):
             nxt = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
             guess = nxt if right_on_differs else torch.full_like(nxt, same)
-            return SimpleNamespace(logits=torch.nn.functional.one_hot(guess, len(processor.tokenizer)).float())
+            logits = torch.nn.functional.one_hot(guess, len(processor.tokenizer)).float()
+            return SimpleNamespace(logits=logits[:, -logits_to_keep:])  # as transformers keeps them
         forward.device = "cpu"
         return forward
 

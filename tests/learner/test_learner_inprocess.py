@@ -1,0 +1,49 @@
+"""One learner rank in the test process (gloo, no Ray): settings that change how a step is
+computed, not what it computes."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+import pytest
+import torch
+
+from learner.engine import close_distributed, init_distributed
+from learner.learner import Learner
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    init_distributed(0, 1, "127.0.0.1", port)
+    yield
+    close_distributed()
+
+
+def test_gradient_checkpointing_changes_memory_not_the_update(process_group, learner_cfg,
+                                                              model_dirs, grpo_turns):
+    results = []
+    for recompute in (False, True):
+        cfg = dataclasses.replace(learner_cfg, learner=dataclasses.replace(
+            learner_cfg.learner, gradient_checkpointing=recompute))
+        learner = Learner(cfg, "grpo", model_dirs[0])
+        try:
+            assert learner.engine.module.policy.is_gradient_checkpointing == recompute
+            calls = []  # forwards of the first decoder layer: recomputing runs it again
+            layer = learner.engine.module.policy.model.language_model.layers[0]
+            hook = layer.register_forward_pre_hook(lambda *_: calls.append(1))
+            metrics = learner.grpo_step(grpo_turns)
+            hook.remove()
+            micro_batches = len(grpo_turns) // cfg.learner.micro_batch_size
+            assert len(calls) == micro_batches * (2 if recompute else 1)
+            results.append((metrics, learner.export_weights()[1]))
+        finally:
+            learner.close()
+    (plain, plain_weights), (recomputed, recomputed_weights) = results
+    for key in ("loss", "grad_norm", "logprob_mismatch"):
+        assert recomputed[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    assert all(torch.allclose(plain_weights[n], recomputed_weights[n], atol=1e-6)
+               for n in plain_weights)
