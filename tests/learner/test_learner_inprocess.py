@@ -34,7 +34,7 @@ def test_gradient_checkpointing_changes_memory_not_the_update(process_group, lea
             assert learner.engine.module.policy.is_gradient_checkpointing == recompute
             calls = []  # forwards of the first decoder layer: recomputing runs it again
             layer = learner.engine.module.policy.model.language_model.layers[0]
-            hook = layer.register_forward_pre_hook(lambda *_: calls.append(1))
+            hook = layer.register_forward_pre_hook(lambda *_, seen=calls: seen.append(1))
             metrics = learner.grpo_step(grpo_turns)
             hook.remove()
             micro_batches = len(grpo_turns) // cfg.learner.micro_batch_size
