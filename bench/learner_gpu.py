@@ -26,62 +26,19 @@ import numpy as np
 import torch
 import typer
 
+from bench.gpu_shapes import build_model, preset_videos, qwen3vl_2b_config
+
 ROWS, P, RESPONSE, TIMED = 16, 4, 512, 2
 
 
-def qwen3vl_2b_config(tokenizer, layers: int = 28, vision_depth: int = 24):
-    """Qwen3-VL-2B-Instruct's dimensions (fewer layers only for a quick check elsewhere)."""
-    from transformers import Qwen3VLConfig
-
-    ids = tokenizer.convert_tokens_to_ids
-    return Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=151936, hidden_size=2048, intermediate_size=6144,
-            num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=8,
-            head_dim=128, max_position_embeddings=262144, tie_word_embeddings=True,
-            rope_parameters=dict(rope_type="default", rope_theta=5_000_000.0,
-                                 mrope_section=[24, 20, 20], mrope_interleaved=True),
-        ),
-        vision_config=dict(
-            depth=vision_depth, hidden_size=1024, intermediate_size=4096, num_heads=16,
-            patch_size=16, spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=2048,
-            num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17][:vision_depth],
-        ),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=True,
-    )
-
-
-def build_policy(out: Path, cfg, tokenizer, model_config) -> Path:
-    """Random weights saved as bf16, with the tiny tokenizer's processor and SQR heads."""
-    from transformers import Qwen3VLForConditionalGeneration
-
-    from models.sqr_heads import SQRHeads, SQRHeadsConfig
-    from models.tiny import build_processor
-
-    processor = build_processor(tokenizer, cfg.video.max_pixels, cfg.video.max_frames)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen3VLForConditionalGeneration(model_config)
-    model.to(torch.bfloat16).save_pretrained(out)
-    processor.save_pretrained(out)
-    hidden = model_config.text_config.hidden_size
-    SQRHeads(SQRHeadsConfig(hidden, hidden, hidden, cfg.sqr.num_tokens)).save(out)
-    return out
-
-
 def build_turns(cfg, policy_dir: Path, corpus_dir: Path) -> list:
-    from config.schema import SynthConfig
-    from corpus.synth import generate_corpus
     from corpus.video import decode_video
     from models.loading import load_processor
     from rollout.prompts import hf_turn_inputs
     from rollout.trajectory import Turn
 
     v = cfg.video
-    seconds = int(v.max_frames / v.fps)  # as many frames as the preset samples
-    corpus = generate_corpus(SynthConfig(num_videos=P, queries_per_video=1, seconds=seconds,
-                                         size=448, fps=2, near_duplicate_fraction=0.0), corpus_dir)
+    corpus = preset_videos(cfg, P, corpus_dir)
     processor = load_processor(policy_dir)
     rng = np.random.default_rng(0)
     turns = []
@@ -149,7 +106,7 @@ def main(out: Path = typer.Option(Path("bench/results_gpu.json"), help="results 
         work = Path(tmp)
         base = load_config("qwen3vl_2b", [f"paths.workdir={work}"])
         tokenizer = train_tokenizer()
-        policy_dir = build_policy(work / "policy", base, tokenizer, qwen3vl_2b_config(tokenizer))
+        policy_dir = build_model(work / "policy", base, tokenizer, qwen3vl_2b_config(tokenizer))
         turns = build_turns(base, policy_dir, work / "corpus")
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -157,17 +114,17 @@ def main(out: Path = typer.Option(Path("bench/results_gpu.json"), help="results 
         init_distributed(0, 1, "127.0.0.1", port)
         runs = {}
         for mb, ckpt in (map(int, s.split(":")) for s in setting):
-            overrides = [f"learner.micro_batch_size={mb}", f"learner.grad_accum_steps={ROWS // mb}"]
-            if ckpt:
-                overrides.append("learner.gradient_checkpointing=true")
+            overrides = [f"learner.micro_batch_size={mb}", f"learner.grad_accum_steps={ROWS // mb}",
+                         f"learner.gradient_checkpointing={bool(ckpt)}"]
             cfg = load_config("qwen3vl_2b", [f"paths.workdir={work}", "learner.zero_stage=2",
                                              "learner.logprob_mismatch_warn=1e9", *overrides])
             name = f"{tag}micro{mb}_ckpt{ckpt}"
             runs[name] = measure(cfg, policy_dir, turns)
             print(name, json.dumps(runs[name]), flush=True)
         close_distributed()
-    results.setdefault("runs", {}).update(runs)
-    results["workload"] = (
+    report = results.setdefault("learner", {})
+    report.setdefault("runs", {}).update(runs)
+    report["workload"] = (
         f"1 GPU ({torch.cuda.get_device_name()}), ZeRO-2 bf16, Qwen3-VL-2B shape (random weights), "
         f"{ROWS} GRPO turns per optimizer step: {len(turns[0].prompt_ids)}-token prompts with a "
         f"64-frame 448x448 video, {RESPONSE}-token responses, KL reference on")
