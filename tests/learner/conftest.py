@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -81,3 +82,17 @@ def sft_examples(learner_cfg, model_dirs, corpus_rows):
     topk = {q["query_id"]: sorted(paths)[:5] for q in queries[:2]}
     return build_sft_examples(queries[:2], paths, vectors, topk, learner_cfg.learner.infonce_negatives,
                               seed=0, annotated=queries)
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    """This process as a one-rank learner group (nccl on GPU, gloo on CPU), for in-process
+    Learner tests."""
+    from learner.engine import close_distributed, init_distributed
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    init_distributed(0, 1, "127.0.0.1", port)
+    yield
+    close_distributed()

@@ -7,27 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import socket
 import time
 
 import pytest
 import torch
 
-from learner.engine import close_distributed, init_distributed
 from learner.learner import Learner
 
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    init_distributed(0, 1, "127.0.0.1", port)
-    assert torch.distributed.get_backend() == "nccl"
-    yield
-    close_distributed()
 
 
 def zero(cfg, stage: int):
@@ -45,6 +32,7 @@ def timed(fn, *args):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_grpo_step_on_cuda_moves_the_policy_and_exports_full_cpu_tensors(
         stage, process_group, learner_cfg, model_dirs, grpo_turns):
+    assert torch.distributed.get_backend() == "nccl"
     learner = Learner(zero(learner_cfg, stage), "grpo", model_dirs[0])
     try:
         assert learner.engine.bfloat16_enabled()

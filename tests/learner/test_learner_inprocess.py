@@ -4,23 +4,11 @@ computed, not what it computes."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 
 import pytest
 import torch
 
-from learner.engine import close_distributed, init_distributed
 from learner.learner import Learner
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    init_distributed(0, 1, "127.0.0.1", port)
-    yield
-    close_distributed()
 
 
 def test_gradient_checkpointing_changes_memory_not_the_update(process_group, learner_cfg,
