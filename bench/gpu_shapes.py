@@ -62,5 +62,3 @@ def preset_videos(cfg, count: int, out_dir: Path):
     return generate_corpus(SynthConfig(num_videos=count, queries_per_video=1,
                                        seconds=int(v.max_frames / v.fps), size=448, fps=2,
                                        near_duplicate_fraction=0.0), out_dir)
-
-

@@ -20,34 +20,13 @@ import numpy as np
 import ray
 import torch
 
+from bench.turns import synthetic_turns
 from config import load_config
 from corpus.synth import generate_corpus
-from corpus.video import decode_video
-from models.loading import load_processor, resolve_model_dirs
-from rollout.prompts import hf_turn_inputs
-from rollout.trajectory import Turn
+from models.loading import resolve_model_dirs
 
 P, G, LENGTH, TIMED = 4, 8, 128, 2
 SYNC_REPS = 10  # syncs are ~0.1 s: medians of many, on a machine others share
-
-
-def _turns(cfg, policy_dir, corpus) -> list[Turn]:
-    processor = load_processor(policy_dir)
-    rng = np.random.default_rng(0)
-    turns, v = [], cfg.video
-    for p in range(P):
-        path = str(corpus.out_dir / f"videos/synth_{p:04d}.mp4")
-        video = decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
-        prompt = hf_turn_inputs(processor, f"query {p}", video)["input_ids"][0].tolist()
-        for g in range(G):
-            response = rng.integers(100, 400, size=LENGTH).tolist()
-            turns.append(Turn(
-                episode_id=f"q{p}#{g}", query_id=f"q{p}", sample=g, turn=1, query_text=f"query {p}",
-                gt_video_id="", gt_start=0.0, gt_end=1.0, video_id="", video_path=path,
-                frame_times=video.timestamps.tolist(), retrieved_ids=[], retrieved_scores=[],
-                prompt_ids=prompt, response_ids=response, sampling_logprobs=[-6.0] * LENGTH,
-                response_text="", reward=float(rng.random()), is_final=True))
-    return turns
 
 
 def _step_seconds(group, turns) -> float:
@@ -104,12 +83,15 @@ def run(results: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cfg = load_config("cpu_tiny", [
-            f"paths.workdir={work}", f"paths.model_cache={work}/models", "corpus.synth.num_videos=4",
+            f"paths.workdir={work}", "corpus.synth.num_videos=4",
             "learner.micro_batch_size=8", "learner.grad_accum_steps=4",
             "learner.logprob_mismatch_warn=1e9", "resources.cpus_per_actor=0.5",
             "rollout.max_model_len=1024", "rollout.sampling.max_tokens=16"])
         policy_dir, _ = resolve_model_dirs(cfg)
-        turns = _turns(cfg, policy_dir, generate_corpus(cfg.corpus.synth, work / "corpus"))
+        corpus = generate_corpus(cfg.corpus.synth, work / "corpus")
+        turns = synthetic_turns(cfg.video, policy_dir,
+                                [str(corpus.out_dir / f"videos/synth_{p:04d}.mp4") for p in range(P)],
+                                G, LENGTH)
         # Logical CPUs: one rank takes the preset's 2 (its torch threads), two ranks 1 each.
         ray.init(address="local", num_cpus=4, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)

@@ -16,46 +16,24 @@ from __future__ import annotations
 
 import gc
 import json
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import typer
 
 from bench.gpu_shapes import build_model, preset_videos, qwen3vl_2b_config
+from bench.turns import synthetic_turns
 
 ROWS, P, RESPONSE, TIMED = 16, 4, 512, 2
 
 
 def build_turns(cfg, policy_dir: Path, corpus_dir: Path) -> list:
-    from corpus.video import decode_video
-    from models.loading import load_processor
-    from rollout.prompts import hf_turn_inputs
-    from rollout.trajectory import Turn
-
-    v = cfg.video
     corpus = preset_videos(cfg, P, corpus_dir)
-    processor = load_processor(policy_dir)
-    rng = np.random.default_rng(0)
-    turns = []
-    for p in range(P):
-        path = str(corpus.out_dir / f"videos/synth_{p:04d}.mp4")
-        video = decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
-        prompt = hf_turn_inputs(processor, f"query {p}", video)["input_ids"][0].tolist()
-        for g in range(ROWS // P):
-            turns.append(Turn(
-                episode_id=f"q{p}#{g}", query_id=f"q{p}", sample=g, turn=1,
-                query_text=f"query {p}", gt_video_id="", gt_start=0.0, gt_end=1.0, video_id="",
-                video_path=path, frame_times=video.timestamps.tolist(), retrieved_ids=[],
-                retrieved_scores=[], prompt_ids=prompt,
-                response_ids=rng.integers(100, 600, size=RESPONSE).tolist(),
-                sampling_logprobs=[-6.0] * RESPONSE, response_text="",
-                reward=float(rng.random()), is_final=True))
-    return turns
+    paths = [str(corpus.out_dir / f"videos/synth_{p:04d}.mp4") for p in range(P)]
+    return synthetic_turns(cfg.video, policy_dir, paths, ROWS // P, RESPONSE)
 
 
 def measure(cfg, policy_dir: Path, turns: list) -> dict:
@@ -98,7 +76,7 @@ def main(out: Path = typer.Option(Path("bench/results_gpu.json"), help="results 
     if not torch.cuda.is_available():
         raise typer.BadParameter("this benchmark needs a CUDA GPU (make bench is the CPU suite)")
     from config import load_config
-    from learner.engine import close_distributed, init_distributed
+    from learner.engine import close_distributed, init_single_rank
     from models.tokenizer import train_tokenizer
 
     results = json.loads(out.read_text()) if out.is_file() else {}
@@ -108,10 +86,7 @@ def main(out: Path = typer.Option(Path("bench/results_gpu.json"), help="results 
         tokenizer = train_tokenizer()
         policy_dir = build_model(work / "policy", base, tokenizer, qwen3vl_2b_config(tokenizer))
         turns = build_turns(base, policy_dir, work / "corpus")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        init_distributed(0, 1, "127.0.0.1", port)
+        init_single_rank()
         runs = {}
         for mb, ckpt in (map(int, s.split(":")) for s in setting):
             overrides = [f"learner.micro_batch_size={mb}", f"learner.grad_accum_steps={ROWS // mb}",

@@ -38,7 +38,6 @@ import asyncio
 import itertools
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -195,18 +194,12 @@ def _trl(s: dict) -> dict:
 
 
 # ---- this system ------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ours(s: dict) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     import torch
 
     from config import load_config
-    from learner.engine import init_distributed
+    from learner.engine import init_single_rank
     from learner.learner import Learner
     from models.loading import load_processor
     from models.tokenizer import SQR_SLOT_TOKEN
@@ -231,7 +224,7 @@ def _ours(s: dict) -> dict:
     texts = prompt_texts(processor, P_ * steps, s["prompt_tokens"])
     prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
 
-    init_distributed(0, 1, "127.0.0.1", _free_port())
+    init_single_rank()
     learner = Learner(cfg, "grpo", s["policy_dir"])
     engine = PolicyEngine(s["policy_dir"], cfg.rollout, tok.convert_tokens_to_ids(SQR_SLOT_TOKEN),
                           cfg.sqr.num_tokens, dtype="float32", seed=cfg.model.seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 from datetime import timedelta
 
 import torch
@@ -43,6 +44,15 @@ def init_distributed(rank: int, world: int, addr: str, port: int, timeout_s: flo
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo",
                                auto_mpi_discovery=False, verbose=False,
                                timeout=timedelta(seconds=timeout_s))
+
+
+def init_single_rank() -> None:
+    """This process alone as the learner group, on a free local port (in-process benchmarks and
+    tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    init_distributed(0, 1, "127.0.0.1", port)
 
 
 def close_distributed() -> None:

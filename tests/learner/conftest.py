@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -88,11 +87,8 @@ def sft_examples(learner_cfg, model_dirs, corpus_rows):
 def process_group():
     """This process as a one-rank learner group (nccl on GPU, gloo on CPU), for in-process
     Learner tests."""
-    from learner.engine import close_distributed, init_distributed
+    from learner.engine import close_distributed, init_single_rank
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    init_distributed(0, 1, "127.0.0.1", port)
+    init_single_rank()
     yield
     close_distributed()

@@ -1,0 +1,34 @@
+"""Synthetic GRPO turns for the learner benchmarks: each video's prompt as the rollout builds it,
+random response ids, flat sampler log-probs and random rewards (what a learner step costs does
+not depend on what the tokens say)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from corpus.video import decode_video
+from models.loading import load_processor
+from rollout.prompts import hf_turn_inputs
+from rollout.trajectory import Turn
+
+
+def synthetic_turns(video_cfg, policy_dir: Path, paths: list[str], per_video: int,
+                    length: int) -> list[Turn]:
+    processor = load_processor(policy_dir)
+    rng = np.random.default_rng(0)
+    v, turns = video_cfg, []
+    for p, path in enumerate(paths):
+        video = decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+        prompt = hf_turn_inputs(processor, f"query {p}", video)["input_ids"][0].tolist()
+        for g in range(per_video):
+            turns.append(Turn(
+                episode_id=f"q{p}#{g}", query_id=f"q{p}", sample=g, turn=1,
+                query_text=f"query {p}", gt_video_id="", gt_start=0.0, gt_end=1.0, video_id="",
+                video_path=path, frame_times=video.timestamps.tolist(), retrieved_ids=[],
+                retrieved_scores=[], prompt_ids=prompt,
+                response_ids=rng.integers(100, 400, size=length).tolist(),
+                sampling_logprobs=[-6.0] * length, response_text="",
+                reward=float(rng.random()), is_final=True))
+    return turns
