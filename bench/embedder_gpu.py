@@ -13,6 +13,7 @@ actors embed). Run on a CUDA machine:
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,23 +21,14 @@ from pathlib import Path
 import torch
 import typer
 
-from bench.gpu_shapes import build_model, preset_videos, qwen3vl_2b_config
+from bench.gpu_shapes import build_model, cuda_seconds, preset_videos, qwen3vl_2b_config
 
 VIDEOS, QUERIES, TIMED = 8, 256, 3
 TVR_VIDEOS = 21_793  # TVRetrieval's corpus, for the index-build estimate
 
 
 def timed(fn, *args) -> float:
-    """Median seconds of TIMED calls after a warm-up."""
-    fn(*args)
-    seconds = []
-    for _ in range(TIMED):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn(*args)
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - started)
-    return sorted(seconds)[len(seconds) // 2]
+    return statistics.median(cuda_seconds(TIMED, fn, *args))
 
 
 def main(out: Path = typer.Option(Path("bench/results_gpu.json"), help="results JSON"),

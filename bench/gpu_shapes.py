@@ -1,13 +1,28 @@
-"""The Qwen3-VL-2B shape for the GPU benchmarks: no weights can be downloaded where they run, so
-the models are the released architecture (its config's dimensions) with random weights and the
-tiny tokenizer, and the videos are synthetic ones as long and as large as the `qwen3vl_2b`
-preset samples (64 frames of 448 x 448)."""
+"""What the GPU benchmarks share: the Qwen3-VL-2B shape and its timing. No weights can be
+downloaded where they run, so the models are the released architecture (its config's
+dimensions) with random weights and the tiny tokenizer, and the videos are synthetic ones as
+long and as large as the `qwen3vl_2b` preset samples (64 frames of 448 x 448)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
+
+
+def cuda_seconds(repeats: int, fn, *args) -> list[float]:
+    """Wall seconds of `repeats` calls of fn(*args) after one warm-up, the GPU drained around
+    each."""
+    fn(*args)
+    seconds = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        fn(*args)
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def qwen3vl_2b_config(tokenizer, layers: int = 28, vision_depth: int = 24):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import typer
 
-from bench.gpu_shapes import build_model, preset_videos, qwen3vl_2b_config
+from bench.gpu_shapes import build_model, cuda_seconds, preset_videos, qwen3vl_2b_config
 from bench.turns import synthetic_turns
 
 ROWS, P, RESPONSE, TIMED = 16, 4, 512, 2
@@ -48,14 +48,7 @@ def measure(cfg, policy_dir: Path, turns: list) -> dict:
     try:
         learner = Learner(cfg, "grpo", policy_dir)
         out["build_seconds"] = time.perf_counter() - started
-        learner.grpo_step(turns)
-        seconds = []
-        for _ in range(TIMED):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            learner.grpo_step(turns)
-            torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - t0)
+        seconds = cuda_seconds(TIMED, learner.grpo_step, turns)
         tokens = sum(len(t.prompt_ids) + len(t.response_ids) for t in turns)
         out.update(step_seconds=statistics.median(seconds), tokens_per_s=tokens / min(seconds))
     except torch.OutOfMemoryError as err:
