@@ -1,10 +1,10 @@
 """Rows (one sequence each, from a trajectory turn or an SFT example) -> padded model inputs.
 
-Sequences are right-padded; Qwen3-VL's M-RoPE positions skip padding through the attention
-mask, so a row's logits do not depend on what it is batched with. Each row carries its own
-video (pixel patches concatenated in row order, one grid per video), re-decoded with the
-config's video settings; decoded videos are cached because a GRPO group shows one video to G
-samples.
+Rows are split into shared prefixes and per-row suffixes (learner.shared_prefix says why),
+both right-padded; Qwen3-VL's M-RoPE positions skip padding through the attention mask, so a
+row's logits do not depend on what it is batched with. Each row carries its own video (pixel
+patches concatenated in prefix order, one grid per video), re-decoded with the config's video
+settings; decoded videos are cached because a GRPO group shows one video to G samples.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ class Row:
 @dataclass
 class Batch:
     inputs: dict[str, torch.Tensor]  # keyword arguments of PolicyWithHeads.forward
-    # Labels start at the batch's first learned token (position S): the model returns logits
-    # for positions S.. only (inputs["logits_to_keep"] = T - S).
-    labels: torch.Tensor  # [B, T-1-S] ids[:, 1+S:], aligned with logits[:, :-1]
-    mask: torch.Tensor  # [B, T-1-S] float, label mask times row weight
-    sampled: torch.Tensor  # [B, T-1-S] sampler log-probs at masked labels, 0 elsewhere
+    # Each row is cut where its logits start (at the token predicting its first learned token):
+    # before that cut it is a prefix, forwarded once per distinct prefix
+    # (learner.shared_prefix); after it, a suffix of S_i tokens with logits [B, S, V].
+    labels: torch.Tensor  # [B, S-1] each row's tokens after its cut, aligned with logits[:, :-1]
+    mask: torch.Tensor  # [B, S-1] float, label mask times row weight
+    sampled: torch.Tensor  # [B, S-1] sampler log-probs at masked labels, 0 elsewhere
     advantages: torch.Tensor  # [B]
     rows: list[Row]
 
@@ -90,30 +91,79 @@ def _check_video(row: Row, video_token: int, merge: int) -> None:
                          "prompt ids must be expanded as the engine saw them")
 
 
+def cut(row: Row) -> int:
+    """Where a row's suffix starts: at the token whose logit predicts its first learned token
+    (its last token when nothing is learned)."""
+    first = row.mask.index(1, 1) if 1 in row.mask[1:] else len(row.ids)
+    return first - 1
+
+
+def _same_video(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a is b or (torch.equal(a["video_grid_thw"], b["video_grid_thw"])
+                      and torch.equal(a["pixel_values_videos"], b["pixel_values_videos"]))
+
+
+def prefix_groups(rows: list[Row]) -> tuple[list[int], list[int]]:
+    """(each row's group, the first row of each group): rows share a group when the tokens
+    before their cuts and their videos are the same."""
+    group, firsts, by_ids = [], [], {}
+    for i, r in enumerate(rows):
+        same = by_ids.setdefault(tuple(r.ids[:cut(r)]), [])
+        g = next((g for g in same if _same_video(rows[firsts[g]].video, r.video)), None)
+        if g is None:
+            g = len(firsts)
+            firsts.append(i)
+            same.append(g)
+        group.append(g)
+    return group, firsts
+
+
+def _padded(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        attn[i, :len(s)] = 1
+    return ids, attn
+
+
 def collate(rows: list[Row], processor, merge: int, device) -> Batch:
     pad = processor.tokenizer.pad_token_id
     video_token = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
-    width = max(len(r.ids) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width))
-    sampled = torch.zeros((len(rows), width - 1))
+    cuts = []
     for i, r in enumerate(rows):
         if len(r.mask) != len(r.ids):
             raise ValueError(f"row {i}: mask length {len(r.mask)} != ids length {len(r.ids)}")
         _check_video(r, video_token, merge)
-        ids[i, :len(r.ids)] = torch.tensor(r.ids)
-        attn[i, :len(r.ids)] = 1
-        mask[i, :len(r.ids)] = torch.tensor(r.mask, dtype=torch.float) * r.weight
+        cuts.append(cut(r))
+        if cuts[-1] < 1:
+            raise ValueError(f"row {i}: its first token is learned; a row needs a prompt token "
+                             "before its first learned one")
+    group, firsts = prefix_groups(rows)
+    prefix_ids, prefix_mask = _padded([rows[f].ids[:cuts[f]] for f in firsts], pad)
+    ids, attn = _padded([r.ids[c:] for r, c in zip(rows, cuts, strict=True)], pad)
+    width = ids.shape[1] - 1
+    labels = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width))
+    sampled = torch.zeros((len(rows), width))
+    for i, (r, c) in enumerate(zip(rows, cuts, strict=True)):
+        n = len(r.ids) - 1 - c
+        labels[i, :n] = torch.tensor(r.ids[c + 1:], dtype=torch.long)
+        mask[i, :n] = torch.tensor(r.mask[c + 1:], dtype=torch.float) * r.weight
         if r.sampled is not None:
-            where = torch.tensor(r.mask[1:], dtype=torch.bool).nonzero().flatten()
+            where = torch.tensor(r.mask[c + 1:], dtype=torch.bool).nonzero().flatten()
             if len(where) != len(r.sampled):
                 raise ValueError(f"row {i}: {len(r.sampled)} sampler log-probs for {len(where)} "
                                  "learned tokens")
             sampled[i, where] = torch.tensor(r.sampled, dtype=torch.float)
-    inputs = dict(input_ids=ids, attention_mask=attn,
-                  mm_token_type_ids=torch.as_tensor(processor.create_mm_token_type_ids(ids.tolist())))
-    videos = [r.video for r in rows if r.video is not None]
+    inputs = dict(prefix_ids=prefix_ids, prefix_mask=prefix_mask,
+                  prefix_mm_token_type_ids=torch.as_tensor(
+                      processor.create_mm_token_type_ids(prefix_ids.tolist())),
+                  input_ids=ids, attention_mask=attn, group=torch.tensor(group))
+    videos = [rows[f].video for f in firsts if rows[f].video is not None]
     if videos:
         inputs["pixel_values_videos"] = torch.cat([v["pixel_values_videos"] for v in videos])
         inputs["video_grid_thw"] = torch.cat([v["video_grid_thw"] for v in videos])
@@ -122,13 +172,7 @@ def collate(rows: list[Row], processor, merge: int, device) -> Batch:
         if len(slots) != 1:
             raise ValueError(f"rows of one batch need the same number of slots, got {slots}")
         n = slots.pop()
-        lengths = attn.sum(-1, keepdim=True)
-        inputs["slot_index"] = lengths - n + torch.arange(n)
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    # Logits only from the first learned token of any row on: the prompt (thousands of video
-    # tokens) needs no vocabulary projection, which at 2B is a [T, 152k] tensor per row.
-    start = min((r.mask.index(1, 1) - 1 for r in rows if 1 in r.mask[1:]), default=0)
-    inputs["logits_to_keep"] = width - start
-    return Batch(inputs=inputs, labels=ids[:, 1 + start:].to(device),
-                 mask=mask[:, 1 + start:].to(device), sampled=sampled[:, start:].to(device),
+        inputs["slot_index"] = attn.sum(-1, keepdim=True) - n + torch.arange(n)
+    return Batch(inputs={k: v.to(device) for k, v in inputs.items()}, labels=labels.to(device),
+                 mask=mask.to(device), sampled=sampled.to(device),
                  advantages=torch.tensor([r.advantage for r in rows], device=device), rows=rows)

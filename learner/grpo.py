@@ -18,6 +18,7 @@ import torch
 from config.schema import LearnerConfig, LossAggregation
 from learner.batch import Batch, Row, VideoInputs
 from learner.losses import group_advantages, logprob_mismatch, policy_loss, token_logprobs
+from learner.shared_prefix import suffix_logits
 from learner.stats import Stats
 from rollout.agent import episode_reward
 from rollout.trajectory import Turn
@@ -65,10 +66,6 @@ def _local_count(batch: Batch, aggregation: LossAggregation) -> torch.Tensor:
     return (batch.mask.sum(-1) > 0).sum().to(batch.mask.dtype)
 
 
-def hf_inputs(batch: Batch) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.inputs.items() if k != "slot_index"}
-
-
 class GRPOLoss:
     """Callable per micro-batch: this micro-batch's share of the mini-batch's global token (or
     sequence) mean, so micro-batches and ranks may hold any number of tokens. `old` holds the
@@ -98,8 +95,7 @@ class GRPOLoss:
         ref_lp = None
         if self.ref is not None:
             with torch.no_grad():
-                ref_lp = self._sampled_logprobs(self.ref(**hf_inputs(batch), use_cache=False).logits,
-                                                batch)
+                ref_lp = self._sampled_logprobs(suffix_logits(self.ref, batch.inputs), batch)
         loss, parts = policy_loss(lp, old, batch.advantages, batch.mask, c.clip_eps,
                                   c.clip_eps_high, ref_lp, c.kl_beta, c.kl_estimator,
                                   c.loss_aggregation)

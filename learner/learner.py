@@ -19,13 +19,14 @@ import torch.distributed as dist
 
 from config.schema import Config
 from learner import checkpoint, weights
-from learner.batch import Row, VideoInputs, collate
+from learner.batch import Row, VideoInputs, collate, prefix_groups
 from learner.engine import build_engine, build_reference, device
 from learner.grpo import GRPOLoss, grpo_rows, normaliser, warn_mismatch
 from learner.module import PolicyWithHeads, set_trainable
 from learner.schedule import plan
 from learner.sft import SFTLoss, normalisers, sft_rows
 from learner.sft_data import SFTExample
+from learner.shared_prefix import allow_checkpointing
 from learner.stats import Stats
 from models.loading import load_policy, load_processor
 from models.tokenizer import SQR_SLOT_TOKEN
@@ -52,6 +53,7 @@ class Learner:
         self.merge = model.config.vision_config.spatial_merge_size
         if cfg.learner.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            allow_checkpointing(model)
         module = PolicyWithHeads(model, heads)
         set_trainable(module, heads=stage == "sft", vision=cfg.learner.train_vision_tower)
         lcfg = cfg.learner
@@ -107,8 +109,9 @@ class Learner:
     def _batches(self, rows: list[Row]):
         """((mini, micro) key, mini-batch rows, this rank's micro-batch) in schedule order."""
         lcfg = self.cfg.learner
+        groups, _ = prefix_groups(rows)
         for m, mb in enumerate(plan(len(rows), self.rank, self.world, lcfg.micro_batch_size,
-                                    lcfg.grad_accum_steps, [len(r.ids) for r in rows])):
+                                    lcfg.grad_accum_steps, [len(r.ids) for r in rows], groups)):
             mb_rows = [rows[i] for i in mb.rows]
             for c, idx in enumerate(mb.micro):
                 mine = [rows[i] for i in idx] or [mb_rows[0].filler()]

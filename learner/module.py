@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from learner.shared_prefix import suffix_hidden
 from models.sqr_heads import SQRHeads
 
 POLICY_PREFIX = "policy."
@@ -20,29 +21,22 @@ class PolicyWithHeads(nn.Module):
         self.policy = policy
         self.heads = heads
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                mm_token_type_ids: torch.Tensor, pixel_values_videos: torch.Tensor | None = None,
-                video_grid_thw: torch.Tensor | None = None,
-                slot_index: torch.Tensor | None = None, logits_to_keep: int = 0,
+    def forward(self, slot_index: torch.Tensor | None = None, **inputs: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits [B, K, V] of the last K = `logits_to_keep` positions (0: all), embedder-space
-        soft tokens [B, N, D_emb] or None).
+        """(logits [B, S, V] of each row's suffix, embedder-space soft tokens [B, N, D_emb] or
+        None); `inputs` as learner.batch.collate builds them.
 
-        `slot_index` [B, N] holds the positions of each row's slot tokens; the soft tokens are
-        the final (normed) hidden states there, through refine_projector then append_projector,
-        exactly as the rollout computes them from vLLM's hidden states.
+        `slot_index` [B, N] holds the suffix positions of each row's slot tokens; the soft
+        tokens are the final (normed) hidden states there, through refine_projector then
+        append_projector, exactly as the rollout computes them from vLLM's hidden states.
         """
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                          mm_token_type_ids=mm_token_type_ids,
-                          pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
-                          output_hidden_states=slot_index is not None, use_cache=False,
-                          logits_to_keep=logits_to_keep)
+        hidden = suffix_hidden(self.policy, **inputs)
+        logits = self.policy.lm_head(hidden)
         if slot_index is None:
-            return out.logits, None
-        hidden = out.hidden_states[-1]
+            return logits, None
         index = slot_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         soft = self.heads.soft_tokens(hidden.gather(1, index))
-        return out.logits, self.heads.to_embedder(soft)
+        return logits, self.heads.to_embedder(soft)
 
 
 def set_trainable(module: PolicyWithHeads, heads: bool, vision: bool) -> None:

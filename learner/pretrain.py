@@ -14,6 +14,8 @@ needs no video, and learnt from a few SFT examples it is not (learner.sft_data s
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from corpus.video import DecodedVideo, decode_video
 from learner.batch import Row, collate
 from learner.losses import sft_token_loss
 from learner.sft_data import DIFFERS, SAME, moment_sentence, reasoning, template_words
+from learner.shared_prefix import suffix_logits
 from models.fit import fit
 from models.loading import load_policy, load_processor
 from rollout.parsing import format_response
@@ -149,8 +152,9 @@ def compare_row(processor, scene: Video, rng: np.random.Generator,
     return Row(ids=prompt + enc.input_ids, mask=[0] * len(prompt) + learn, video=None)
 
 
-def word_accuracy(model, processor, rows: list[Row], words: dict[str, list[str]], merge: int,
-                  batch_size: int) -> dict[str, float]:
+def word_accuracy(logits_of: Callable[[dict], torch.Tensor], processor, rows: list[Row],
+                  words: dict[str, list[str]], merge: int, batch_size: int,
+                  device: str | torch.device = "cpu") -> dict[str, float]:
     """Teacher-forced: per group of words, the share of the rows' learnt tokens of that group
     the model ranks first (groups apart: in the checks most words are "same")."""
     tok = processor.tokenizer
@@ -159,8 +163,8 @@ def word_accuracy(model, processor, rows: list[Row], words: dict[str, list[str]]
     right, total = dict.fromkeys(groups, 0), dict.fromkeys(groups, 0)
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
-            batch = collate(rows[i:i + batch_size], processor, merge, model.device)
-            hit = model(**batch.inputs, use_cache=False).logits[:, :-1].argmax(-1) == batch.labels
+            batch = collate(rows[i:i + batch_size], processor, merge, device)
+            hit = logits_of(batch.inputs)[:, :-1].argmax(-1) == batch.labels
             for name, ids in groups.items():
                 at = torch.isin(batch.labels, ids) & (batch.mask > 0)
                 right[name] += hit[at].sum().item()
@@ -203,7 +207,7 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     def loss_of(batch_rows: list[Row], patches_shown: list[torch.Tensor] | None = None) -> torch.Tensor:
         batch = collate(batch_rows, processor, merge, model.device)
         merged.clear()
-        logits = model(**batch.inputs, use_cache=False).logits
+        logits = suffix_logits(model, batch.inputs)
         loss = sft_token_loss(logits[:, :-1], batch.labels, batch.mask)
         if patches_shown is not None:
             grid = batch.inputs["video_grid_thw"]
@@ -237,10 +241,11 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     hook.remove()
     after = heldout_loss()
     model.eval().requires_grad_(False)
-    checks = word_accuracy(model, processor, heldout_compare, {"same": [SAME], "differs": [DIFFERS]},
-                           merge, pcfg.batch_size)
-    words = word_accuracy(model, processor, [rows[v] for v in heldout], ATTRIBUTES, merge,
-                          pcfg.batch_size)
+    logits_of = functools.partial(suffix_logits, model)
+    checks = word_accuracy(logits_of, processor, heldout_compare, {"same": [SAME], "differs": [DIFFERS]},
+                           merge, pcfg.batch_size, model.device)
+    words = word_accuracy(logits_of, processor, [rows[v] for v in heldout], ATTRIBUTES, merge,
+                          pcfg.batch_size, model.device)
     model.save_pretrained(policy_dir, safe_serialization=True)
     return PolicyPretrainReport(pcfg.steps, losses[0], losses[-1], len(heldout), before, after,
                                 checks["same"], checks["differs"], words["colour"],

@@ -7,9 +7,11 @@ reductions and ZeRO-3's parameter gathers are collectives: a rank with no rows l
 zero-weight filler row instead of skipping the step. The plan depends only on the row count,
 their lengths and the layout, so every rank computes the same plan without talking.
 
-Inside a mini-batch, rows are dealt longest first: each micro-batch holds rows of similar
-length (less padding to forward and backward) and the ranks get similar loads. Which rows
-make a mini-batch, and so each update, does not change.
+Inside a mini-batch, rows that share a prompt (`groups`) are kept together, so that their
+micro-batch forwards the prompt once (learner.shared_prefix), and groups are taken longest
+first: each micro-batch holds rows of similar length (less padding to forward and backward).
+Micro-batches are dealt to the ranks in turn, so the ranks get similar loads. Which rows make
+a mini-batch, and so each update, does not change.
 """
 
 from __future__ import annotations
@@ -24,18 +26,29 @@ class MiniBatch:
 
 
 def plan(num_rows: int, rank: int, world: int, micro_batch: int, accum: int,
-         lengths: list[int] | None = None) -> list[MiniBatch]:
-    """`lengths`: each row's token count (None: rows in order)."""
+         lengths: list[int] | None = None, groups: list[int] | None = None) -> list[MiniBatch]:
+    """`lengths`: each row's token count (None: rows in order); `groups`: each row's shared-prompt
+    group (None: none shared)."""
     if num_rows < 1:
         raise ValueError("a learner step needs at least one row")
-    if lengths is not None and len(lengths) != num_rows:
-        raise ValueError(f"{len(lengths)} lengths for {num_rows} rows")
+    for name, values in (("lengths", lengths), ("groups", groups)):
+        if values is not None and len(values) != num_rows:
+            raise ValueError(f"{len(values)} {name} for {num_rows} rows")
+    groups = list(range(num_rows)) if groups is None else groups
+    longest: dict[int, int] = {}
+    if lengths is not None:
+        for g, n in zip(groups, lengths, strict=True):
+            longest[g] = max(longest.get(g, 0), n)
     size = micro_batch * accum * world
     out = []
     for start in range(0, num_rows, size):
         rows = list(range(start, min(start + size, num_rows)))
-        dealt = rows if lengths is None else sorted(rows, key=lambda i: -lengths[i])
-        mine = dealt[rank::world]
-        out.append(MiniBatch(rows, [mine[i * micro_batch:(i + 1) * micro_batch]
-                                    for i in range(accum)]))
+        first = {}
+        for i in rows:
+            first.setdefault(groups[i], i)
+        dealt = sorted(rows, key=lambda i: (-longest.get(groups[i], 0), first[groups[i]],
+                                            -(lengths[i] if lengths else 0), i))
+        chunks = [dealt[i:i + micro_batch] for i in range(0, len(dealt), micro_batch)]
+        mine = chunks[rank::world]
+        out.append(MiniBatch(rows, mine + [[] for _ in range(accum - len(mine))]))
     return out

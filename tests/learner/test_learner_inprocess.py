@@ -20,13 +20,15 @@ def test_gradient_checkpointing_changes_memory_not_the_update(process_group, lea
         learner = Learner(cfg, "grpo", model_dirs[0])
         try:
             assert learner.engine.module.policy.is_gradient_checkpointing == recompute
-            calls = []  # forwards of the first decoder layer: recomputing runs it again
+            # forwards of the first decoder layer: a prefix and a suffix pass per micro-batch
+            # (learner.shared_prefix), each run again when recomputing
+            calls = []
             layer = learner.engine.module.policy.model.language_model.layers[0]
             hook = layer.register_forward_pre_hook(lambda *_, seen=calls: seen.append(1))
             metrics = learner.grpo_step(grpo_turns)
             hook.remove()
             micro_batches = len(grpo_turns) // cfg.learner.micro_batch_size
-            assert len(calls) == micro_batches * (2 if recompute else 1)
+            assert len(calls) == micro_batches * 2 * (2 if recompute else 1)
             results.append((metrics, learner.export_weights()[1]))
         finally:
             learner.close()

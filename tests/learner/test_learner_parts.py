@@ -18,14 +18,16 @@ from learner.grpo import GRPOLoss, grpo_rows, turn_advantages
 from learner.schedule import plan
 from learner.sft_data import build_sft_examples
 from rollout.parsing import parse_response
+from rollout.prompts import mm_token_type_ids
 
 
-@pytest.mark.parametrize("by_length", [False, True])
+@pytest.mark.parametrize("by_length,grouped", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
 @pytest.mark.parametrize("world,accum", [(1, 1), (1, 2), (2, 1), (2, 2)])
-def test_plan_covers_every_row_once_and_keeps_ranks_in_step(rows, world, accum, by_length):
+def test_plan_covers_every_row_once_and_keeps_ranks_in_step(rows, world, accum, by_length, grouped):
     lengths = [(7 * i) % 11 + 1 for i in range(rows)] if by_length else None
-    plans = [plan(rows, r, world, micro_batch=2, accum=accum, lengths=lengths)
+    groups = [i % 2 for i in range(rows)] if grouped else None
+    plans = [plan(rows, r, world, micro_batch=2, accum=accum, lengths=lengths, groups=groups)
              for r in range(world)]
     assert len({len(p) for p in plans}) == 1, "every rank makes the same number of steps"
     seen = []
@@ -59,6 +61,19 @@ def test_plan_groups_rows_of_similar_length_into_micro_batches():
         plan(8, 0, 1, 2, 4, lengths=[1, 2])
 
 
+def test_plan_keeps_rows_of_one_prompt_in_one_micro_batch():
+    """Rows sharing a prompt forward it once only if they share a micro-batch (two groups of
+    four here, interleaved as the turns of two queries' episodes come)."""
+    lengths = [100, 10, 90, 20, 80, 30, 70, 40]
+    groups = [0, 1, 0, 1, 0, 1, 0, 1]
+    for world in (1, 2):
+        micro = [c for r in range(world) for mb in plan(8, r, world, 4, 2 // world, lengths, groups)
+                 for c in mb.micro]
+        assert sorted(sorted(c) for c in micro) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    with pytest.raises(ValueError, match="groups"):
+        plan(8, 0, 1, 2, 4, groups=[0])
+
+
 def test_ds_config_follows_the_learner_config():
     cfg = ds_config(LearnerConfig(zero_stage=3, micro_batch_size=2, grad_accum_steps=3), world=2,
                     overrides={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
@@ -73,21 +88,21 @@ def test_ds_config_follows_the_learner_config():
 def test_collate_pads_right_and_aligns_labels_and_sampler_logprobs(cfg, processor, grpo_turns):
     rows = grpo_rows(grpo_turns, VideoInputs(processor, cfg.video), std_normalize=True)
     batch = collate(rows, processor, merge=2, device="cpu")
-    ids = batch.inputs["input_ids"]
-    assert batch.inputs["video_grid_thw"].shape[0] == len(rows)
+    ids, inputs = batch.inputs["input_ids"], batch.inputs
     for i, t in enumerate(grpo_turns):
-        seq = t.prompt_ids + t.response_ids
+        # the prompt but its last token is the row's prefix; the suffix runs from there
+        prefix = inputs["prefix_ids"][inputs["group"][i]]
+        assert prefix[:len(t.prompt_ids) - 1].tolist() == t.prompt_ids[:-1]
+        seq = t.prompt_ids[-1:] + t.response_ids
         assert ids[i, :len(seq)].tolist() == seq
         assert (ids[i, len(seq):] == processor.tokenizer.pad_token_id).all()
         assert batch.inputs["attention_mask"][i].sum() == len(seq)
         learned = batch.mask[i].nonzero().flatten()
+        assert learned.tolist() == list(range(len(t.response_ids)))
         assert batch.labels[i, learned].tolist() == t.response_ids
         assert batch.sampled[i, learned].tolist() == pytest.approx(t.sampling_logprobs)
     assert batch.advantages.tolist() == pytest.approx([-1, 1, -1, 1], abs=1e-5)
-    # logits from the first response token of the shortest prompt on, labels aligned with them
-    shortest = min(len(t.prompt_ids) for t in grpo_turns)
-    assert batch.labels.shape[1] == ids.shape[1] - shortest
-    assert batch.inputs["logits_to_keep"] == batch.labels.shape[1] + 1
+    assert batch.labels.shape[1] == ids.shape[1] - 1
 
 
 def test_rows_refuse_mismatched_video(cfg, processor, grpo_turns):
@@ -250,14 +265,17 @@ def test_sft_gradient_reaches_the_refine_projector_only_through_infonce(
     rows = sft_rows(examples, processor, VideoInputs(processor, cfg.video), slot, cfg.sqr.num_tokens)
     batch = collate_rows(rows, processor, 2, "cpu")
 
-    # the soft tokens are the heads applied to the final hidden states at the (padded) slots
+    # the soft tokens are the heads applied to the final hidden states at the slots, as a
+    # whole-row forward of each row alone computes them
     with torch.no_grad():
         _, soft = module(**batch.inputs)
-        hf = {k: v for k, v in batch.inputs.items() if k != "slot_index"}
-        hidden = module.policy(**hf, output_hidden_states=True).hidden_states[-1]
         for i, r in enumerate(rows):
-            at = hidden[i, len(r.ids) - cfg.sqr.num_tokens:len(r.ids)]
-            torch.testing.assert_close(soft[i], module.heads.to_embedder(module.heads.soft_tokens(at)))
+            hidden = module.policy(input_ids=torch.tensor([r.ids]), **r.video,
+                                   mm_token_type_ids=mm_token_type_ids(processor, r.ids),
+                                   output_hidden_states=True).hidden_states[-1][0]
+            at = hidden[len(r.ids) - cfg.sqr.num_tokens:]
+            torch.testing.assert_close(soft[i], module.heads.to_embedder(module.heads.soft_tokens(at)),
+                                       atol=1e-5, rtol=1e-4)
 
     # The append projector starts at zero (a refinement starts as the plain query), which
     # blocks the gradient to everything before it until its first update: take that update.

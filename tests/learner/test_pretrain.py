@@ -1,4 +1,3 @@
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -74,19 +73,18 @@ def test_word_accuracy_counts_each_group_of_words_apart(model_dirs, synth):
             for i in range(6)]
     same = processor.tokenizer.convert_tokens_to_ids("Ġsame")
 
-    def model(right_on_differs: bool):
+    def logits_of(right_on_differs: bool):
         """Ranks the true next token first, or always "same"."""
-        def forward(input_ids, logits_to_keep=0, **_):
-            nxt = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+        def logits(inputs):
+            ids = inputs["input_ids"]
+            nxt = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
             guess = nxt if right_on_differs else torch.full_like(nxt, same)
-            logits = torch.nn.functional.one_hot(guess, len(processor.tokenizer)).float()
-            return SimpleNamespace(logits=logits[:, -logits_to_keep:])  # as transformers keeps them
-        forward.device = "cpu"
-        return forward
+            return torch.nn.functional.one_hot(guess, len(processor.tokenizer)).float()
+        return logits
 
     words = {"same": ["same"], "differs": ["differs"]}
-    assert word_accuracy(model(True), processor, rows, words, 2, 4) == {"same": 1.0, "differs": 1.0}
-    assert word_accuracy(model(False), processor, rows, words, 2, 4) == {"same": 1.0, "differs": 0.0}
+    assert word_accuracy(logits_of(True), processor, rows, words, 2, 4) == {"same": 1.0, "differs": 1.0}
+    assert word_accuracy(logits_of(False), processor, rows, words, 2, 4) == {"same": 1.0, "differs": 0.0}
 
 
 def test_shown_per_patch_marks_what_each_pair_of_frames_draws():
