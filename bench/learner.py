@@ -1,10 +1,12 @@
 """Learner speed on the GRPO workload (DESIGN.md §6: P=4 prompts x G=8 samples, 128-token
 completions, here with the tiny Qwen3-VL and a video prefix), and weight-sync cost.
 
-Step time: one GRPO step (one optimizer update, KL reference on) for 1 rank ZeRO-2 and 2 ranks
-ZeRO-3 on a local Ray cluster. Weight sync: learner rank 0's tensors through the object store
-into a vLLM PolicyWorker's weight reload, end to end, against a raw copy of the same number of
-bytes between two actors in the same run (one buffer, put by one actor, copied out by the other).
+Step time: one GRPO step (one optimizer update, cpu_tiny's KL beta: 0, no reference forward)
+for 1 rank ZeRO-2 and 2 ranks ZeRO-3 on a local Ray cluster; the G rows of a query share its
+prompt, forwarded once (learner.shared_prefix). Weight sync: learner rank 0's tensors through
+the object store into a vLLM PolicyWorker's weight reload, end to end, against a raw copy of
+the same number of bytes between two actors in the same run (one buffer, put by one actor,
+copied out by the other).
 """
 
 from __future__ import annotations
@@ -113,6 +115,6 @@ def run(results: dict) -> dict:
     results["step_tokens"] = tokens
     results["tokens_per_s_1rank_zero2"] = tokens / results["step_seconds_1rank_zero2"]
     results["workload"] = (f"GRPO P={P} G={G} {LENGTH}-token responses, video prompts of "
-                           f"{len(turns[0].prompt_ids)} tokens, one optimizer step, KL ref on, "
-                           "tiny Qwen3-VL fp32, 2 CPU cores")
+                           f"{len(turns[0].prompt_ids)} tokens (one per query, its G rows share it), one "
+                           f"optimizer step, KL beta {cfg.learner.kl_beta}, tiny Qwen3-VL fp32, 2 CPU cores")
     return results
