@@ -50,7 +50,8 @@ def plot(history: list[dict], evals: dict[str, dict], path: Path) -> Path:
         vr = [m["per_turn"].get(t, m["per_turn"].get(str(t), {})).get("VR", 0.0) for t in turns]
         right.bar([t + i * width for t in turns], vr, width, label=tag)
     right.set(title="VR R@1 per turn (eval)", xlabel="turn", ylabel="%")
-    right.legend(fontsize=8)
+    if evals:  # a run without an eval stage has no bars to name
+        right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,3 +1,5 @@
+"""The before/after table and the training plot."""
+
 from evaluation.report import comparison_table
 
 
@@ -26,3 +28,15 @@ def test_no_refined_turn_prints_nan_not_zero():
     m = _metrics(40.0, 30.0, 0.25)
     m["refinement"] = {"refined_turns": 0, "VR_refined": 0.0, "VR_next_in_ranking": 0.0}
     assert comparison_table({"untrained": m}).splitlines()[2].split()[-4:-2] == ["nan", "nan"]
+
+
+def test_plot_names_rewards_and_models_only_when_there_are_any(tmp_path):
+    import warnings
+
+    from evaluation.report import plot
+
+    history = [{"stage": "grpo", "step": s, "reward_total": 0.1 * s} for s in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns about a legend with nothing to name
+        assert plot(history, {}, tmp_path / "a.png").stat().st_size > 0
+        assert plot([], {"sft": _metrics(40.0, 30.0)}, tmp_path / "b.png").stat().st_size > 0
