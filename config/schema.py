@@ -217,6 +217,7 @@ class LearnerConfig:
     # ~1/3 more compute for far less memory (bench/learner_gpu.py measures both at 2B).
     gradient_checkpointing: bool = False
     checkpoint_every: int = 10
+    keep_checkpoints: int = 3  # the newest N GRPO checkpoints stay on disk; 0 keeps all
     logprob_mismatch_warn: float = 0.05
 
 

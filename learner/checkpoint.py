@@ -2,7 +2,8 @@
 driver's state (step, data position, anything it needs to resume) and every rank's RNG states.
 
 Layout: `<dir>/<tag>/` holds DeepSpeed's files, `driver_state.pt` and `rng_rank<r>.pt`; DeepSpeed
-writes `<dir>/latest` (the tag) last, so a checkpoint that `latest` names is complete. Loading
+writes `<dir>/latest` (the tag) last, so a checkpoint that `latest` names is complete. Only the
+newest `keep` tags stay (a 2B policy's ZeRO checkpoint is ~30 GB: a long run would fill disks). Loading
 checks the files first and turns every failure into a CheckpointError naming the path:
 DeepSpeed itself only warns and returns None on a missing checkpoint.
 """
@@ -10,6 +11,8 @@ DeepSpeed itself only warns and returns None on a missing checkpoint.
 from __future__ import annotations
 
 import random
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import torch.distributed as dist
 DRIVER_STATE = "driver_state.pt"
 LATEST = "latest"
 MODEL_STATES = "mp_rank_00_model_states.pt"
+TAG = re.compile(r"step_\d{8}")
 
 
 class CheckpointError(RuntimeError):
@@ -50,8 +54,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(engine, directory: str | Path, driver_state: dict) -> Path:
-    """Collective. Returns the tag directory."""
+def save(engine, directory: str | Path, driver_state: dict, keep: int = 0) -> Path:
+    """Collective. Returns the tag directory; then removes all but the newest `keep` tags
+    (0: keeps every one)."""
     directory = Path(directory)
     tag = f"step_{engine.global_steps:08d}"
     path = directory / tag
@@ -62,7 +67,20 @@ def save(engine, directory: str | Path, driver_state: dict) -> Path:
     _barrier()
     engine.save_checkpoint(str(directory), tag=tag)
     _barrier()
+    if _rank() == 0 and keep > 0:
+        prune(directory, keep)
     return path
+
+
+def prune(directory: Path, keep: int) -> list[Path]:
+    """Removes all but the newest `keep` tag directories (never the one `latest` names);
+    returns what it removed."""
+    latest = (directory / LATEST).read_text().strip() if (directory / LATEST).is_file() else None
+    tags = sorted(p for p in directory.iterdir() if p.is_dir() and TAG.fullmatch(p.name))
+    old = [p for p in tags[:-keep] if p.name != latest]
+    for p in old:
+        shutil.rmtree(p)
+    return old
 
 
 def resolve(path: str | Path) -> tuple[Path, str]:

@@ -153,7 +153,8 @@ class Learner:
 
     # ---- checkpoints and weights ------------------------------------------------------
     def save(self, directory: str | Path, driver_state: dict) -> str:
-        return str(checkpoint.save(self.engine, directory, dict(driver_state)))
+        return str(checkpoint.save(self.engine, directory, dict(driver_state),
+                                   self.cfg.learner.keep_checkpoints))
 
     def load(self, path: str | Path) -> dict:
         return checkpoint.load(self.engine, path)

@@ -26,7 +26,7 @@ SHORT = [
     "rollout.max_turns=2", "rollout.sampling.max_tokens=24", "train.sft_steps=2",
     "train.grpo_steps=2", "train.queries_per_step=2", "learner.micro_batch_size=4",
     "learner.checkpoint_every=1", "learner.infonce_negatives=3", "retrieval.topk=5",
-    "learner.kl_beta=0.0",
+    "learner.kl_beta=0.0", "learner.keep_checkpoints=1",
 ] + TEST_MODELS
 
 
@@ -116,6 +116,9 @@ def test_resume_continues_from_the_last_checkpoint(short_cfg, first_run):
     history = json.loads(open(f"{short_cfg.paths.workdir}/results/history.json").read())
     assert state["grpo_step"] == 3
     assert [h["step"] for h in history if h["stage"] == "grpo"] == [2]  # one new step only
+    # keep_checkpoints=1: the checkpoint resumed from is gone once the next one is complete
+    ckpt = Path(state["grpo_checkpoint"])
+    assert [p.name for p in ckpt.parent.glob("step_*")] == [ckpt.name]
 
 
 def test_an_eval_run_evaluates_the_trained_policy_beside_the_training_results(short_cfg, first_run):

@@ -296,6 +296,21 @@ def test_sft_gradient_reaches_the_refine_projector_only_through_infonce(
     assert all(g is None or not g.any() for g in head_grads(matched_only).values())
 
 
+def test_prune_keeps_the_newest_checkpoints_and_the_latest(tmp_path):
+    from learner.checkpoint import prune
+
+    for step in (3, 10, 7, 12):
+        (tmp_path / f"step_{step:08d}").mkdir()
+    (tmp_path / "step_notes").mkdir()  # not a tag: never touched
+    (tmp_path / "latest").write_text("step_00000003")  # e.g. a run that saved, then resumed
+    removed = prune(tmp_path, keep=2)
+    assert sorted(p.name for p in removed) == ["step_00000007"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest", "step_00000003", "step_00000010", "step_00000012", "step_notes"]
+    (tmp_path / "latest").write_text("step_00000012")
+    assert [p.name for p in prune(tmp_path, keep=1)] == ["step_00000003", "step_00000010"]
+
+
 @pytest.mark.parametrize("field,value", [("sft_warmup_fraction", 1.0), ("sft_min_lr_ratio", -0.1)])
 def test_sft_schedule_rejects_nonsense(learner_cfg, field, value):
     from learner.engine import sft_schedule
