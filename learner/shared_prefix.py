@@ -19,9 +19,6 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-PREFIX_KEYS = ("prefix_ids", "prefix_mask", "prefix_mm_token_type_ids", "pixel_values_videos",
-               "video_grid_thw")
-
 
 class _PrefixLayer(DynamicLayer):
     """Keeps the prefix pass's keys and values of one decoder layer."""
