@@ -82,7 +82,7 @@ def _make_engine(model_dir: str, rollout: RolloutConfig, dtype: str, seed: int):
 
     args = EngineArgs(
         model=str(model_dir), dtype=dtype, seed=seed,
-        max_model_len=rollout.max_model_len, enforce_eager=not torch.cuda.is_available(),
+        max_model_len=rollout.max_model_len, enforce_eager=rollout.enforce_eager,
         gpu_memory_utilization=rollout.gpu_memory_utilization,
         tensor_parallel_size=rollout.tensor_parallel_size,
         enable_prefix_caching=rollout.enable_prefix_caching,

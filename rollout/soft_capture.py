@@ -1,8 +1,10 @@
 """Soft query tokens captured inside the vLLM engine.
 
 A vLLM worker extension (mixed into the worker by `worker_extension_cls`, reached via
-`collective_rpc`). It installs one forward hook on the language model's final norm;
-on every step it walks the persistent batch (`input_batch.req_ids` with
+`collective_rpc`). It installs one forward hook on the model the runner calls (its
+output is the final-norm hidden states). That module runs eagerly around the backbone
+vLLM compiles: a hook on the final norm, or on the backbone, whose `__call__` vLLM
+replaces, is compiled away and never fires. On every step it walks the persistent batch (`input_batch.req_ids` with
 `query_start_loc`), finds the requests whose prefill completes in this step and whose
 last N scheduled tokens are SQR slot tokens, and keeps those N final hidden states
 keyed by request id. This is what maps hidden states to the right request under
@@ -18,12 +20,6 @@ import torch
 _MAX_PENDING = 4096  # states of requests nobody collected (aborted) are dropped past this
 
 
-def _final_norm(model: torch.nn.Module) -> torch.nn.Module:
-    lm = getattr(model, "language_model", model)
-    inner = getattr(lm, "model", lm)
-    return inner.norm
-
-
 class SoftTokenCapture:
     """Methods here become methods of the vLLM worker (self.model_runner is the runner)."""
 
@@ -31,10 +27,10 @@ class SoftTokenCapture:
         self._slot_id = int(slot_token_id)
         self._num_slots = int(num_slots)
         self._slot_states: OrderedDict[str, torch.Tensor] = OrderedDict()
-        norm = _final_norm(self.model_runner.get_model())
+        model = self.model_runner.get_model()
         if getattr(self, "_soft_hook", None) is not None:
             self._soft_hook.remove()
-        self._soft_hook = norm.register_forward_hook(self._capture_slots)
+        self._soft_hook = model.register_forward_hook(self._capture_slots)
         return True
 
     def _capture_slots(self, _module, _inputs, output) -> None:
