@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from tests.overrides import TEST_MODELS
+from tests.overrides import EAGER_ENGINE, TEST_MODELS
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ SHORT = [
     "train.grpo_steps=2", "train.queries_per_step=2", "learner.micro_batch_size=4",
     "learner.checkpoint_every=1", "learner.infonce_negatives=3", "retrieval.topk=5",
     "learner.kl_beta=0.0", "learner.keep_checkpoints=1",
-] + TEST_MODELS
+] + TEST_MODELS + EAGER_ENGINE
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,9 @@ def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
 
     async def step_with_faults():
         task = asyncio.ensure_future(s.pool.groups(queries, 2, s.retriever, s.corpus.video_path, seed=1))
-        await asyncio.sleep(1.0)
+        while not any(s.pool._load):  # episodes dispatched to the worker
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # their first turns are generating (a turn takes ~1 s)
         os.kill(pid, signal.SIGKILL)
         ray.kill(shard, no_restart=False)
         return await task
