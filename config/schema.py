@@ -170,9 +170,9 @@ class RolloutConfig:
     max_model_len: int = 4096
     enable_prefix_caching: bool = True
     # False: vLLM compiles the language model (torch.compile; on GPU also CUDA graphs). On
-    # CPU a decode step of the tiny policy takes ~7 ms instead of ~11 ms, for ~15 s more at
-    # each engine start (~30 s the first time on a machine: the compile cache is
-    # ~/.cache/vllm). True: eager PyTorch, for quick starts when debugging.
+    # CPU a decode step of the tiny policy takes ~7 ms instead of ~11 ms, for ~8 s more at
+    # an engine start (~25 s the first time on a machine, before torch inductor's cache is
+    # filled). True: eager PyTorch, for quick starts when debugging.
     enforce_eager: bool = False
 
 

@@ -53,14 +53,14 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cfg(workdir):
     """The embedded default, redirected into the session's temporary folder, with random
-    tiny models and eager vLLM (tests/overrides.py says why), a 48-video corpus (`make train` uses 128) and shorter completions, to
+    tiny models (tests/overrides.py says why), a 48-video corpus (`make train` uses 128) and shorter completions, to
     keep `make test` inside its time budget."""
     from config import load_config
-    from tests.overrides import EAGER_ENGINE, TEST_MODELS
+    from tests.overrides import TEST_MODELS
 
     return load_config("cpu_tiny", [
         f"paths.workdir={workdir}", f"paths.model_cache={workdir / 'models'}",
-        *TEST_MODELS, *EAGER_ENGINE, "corpus.synth.num_videos=48", "rollout.sampling.max_tokens=96",
+        *TEST_MODELS, "corpus.synth.num_videos=48", "rollout.sampling.max_tokens=96",
     ])
 
 

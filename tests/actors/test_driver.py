@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from tests.overrides import EAGER_ENGINE, TEST_MODELS
+from tests.overrides import TEST_MODELS
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ SHORT = [
     "train.grpo_steps=2", "train.queries_per_step=2", "learner.micro_batch_size=4",
     "learner.checkpoint_every=1", "learner.infonce_negatives=3", "retrieval.topk=5",
     "learner.kl_beta=0.0", "learner.keep_checkpoints=1",
-] + TEST_MODELS + EAGER_ENGINE
+] + TEST_MODELS
 
 
 @pytest.fixture(scope="module")
