@@ -4,10 +4,10 @@ A vLLM worker extension (mixed into the worker by `worker_extension_cls`, reache
 `collective_rpc`). It installs one forward hook on the model the runner calls (its
 output is the final-norm hidden states). That module runs eagerly around the backbone
 vLLM compiles: a hook on the final norm, or on the backbone, whose `__call__` vLLM
-replaces, is compiled away and never fires. On every step it walks the persistent batch (`input_batch.req_ids` with
-`query_start_loc`), finds the requests whose prefill completes in this step and whose
-last N scheduled tokens are SQR slot tokens, and keeps those N final hidden states
-keyed by request id. This is what maps hidden states to the right request under
+replaces, is compiled away and never fires. On every step it walks the persistent
+batch (`input_batch.req_ids` with `query_start_loc`), finds the requests whose prefill
+completes in this step and whose last N scheduled tokens are SQR slot tokens, and keeps
+those N final hidden states keyed by request id. This is what maps hidden states to the right request under
 continuous batching: the batch layout, not arrival order.
 """
 

@@ -13,14 +13,15 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-def _start_engine(model_dirs):
+def _start_engine(model_dirs, enforce_eager=False):
     from config.schema import RolloutConfig
     from models.loading import load_processor
     from models.tokenizer import SQR_SLOT_TOKEN
     from rollout.engine import PolicyEngine
 
     processor = load_processor(model_dirs[0])
-    eng = PolicyEngine(str(model_dirs[0]), RolloutConfig(max_model_len=2048),
+    rollout = RolloutConfig(max_model_len=2048, enforce_eager=enforce_eager)
+    eng = PolicyEngine(str(model_dirs[0]), rollout,
                        processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN), 8)
     return eng, processor
 
@@ -238,14 +239,18 @@ def test_known_vllm_noise_is_filtered_but_other_warnings_pass(engine, logger_nam
     assert filters[0].filter(record("something else"))
 
 
-def test_shutdown_releases_the_engine_and_its_process_group(model_dirs):
+def test_shutdown_releases_the_engine_and_its_process_group(model_dirs, engine):
     """A second engine in one process (test modules, the TRL bench) starts after the first
-    shut down, and nothing native is left for interpreter exit to tear down."""
+    shut down, and nothing native is left for interpreter exit to tear down. This one runs
+    eager (`rollout.enforce_eager`) and samples what the compiled engine samples."""
     import torch.distributed as dist
 
-    eng, processor = _start_engine(model_dirs)
-    ids = processor.tokenizer("hello").input_ids
-    assert asyncio.run(eng.generate(ids, None, _greedy(eng, 2))).response_ids
+    eng, processor = _start_engine(model_dirs, enforce_eager=True)
+    assert eng.engine.vllm_config.model_config.enforce_eager
+    assert not engine[0].engine.vllm_config.model_config.enforce_eager
+    ids = processor.tokenizer("hello there, what moves on the left").input_ids
+    eager = asyncio.run(eng.generate(ids, None, _greedy(eng, 12))).response_ids
+    assert eager == asyncio.run(engine[0].generate(ids, None, _greedy(engine[0], 12))).response_ids
     assert dist.is_initialized()
     eng.shutdown()
     assert not dist.is_initialized()
