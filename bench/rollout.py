@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import RANDOM_TINY_MODELS
 from config import load_config
 from config.schema import SamplingConfig
 from corpus.synth import generate_corpus
@@ -35,11 +36,7 @@ def _setup(work: Path):
     cfg = load_config("cpu_tiny", [f"paths.workdir={work}", f"paths.model_cache={work}/models",
                                    f"video.max_pixels={PIXELS}", f"video.max_frames={FRAMES}",
                                    "corpus.synth.num_videos=4", "corpus.synth.size=128",
-                                   "corpus.synth.seconds=16",
-                                   # random weights: speed does not depend on them, and a
-                                   # pretrained tiny policy takes minutes to build
-                                   "model.tiny_pretrain.embedder.steps=0",
-                                   "model.tiny_pretrain.policy.steps=0"])
+                                   "corpus.synth.seconds=16", *RANDOM_TINY_MODELS])
     policy_dir, _ = resolve_model_dirs(cfg)
     corpus = generate_corpus(cfg.corpus.synth, work / "corpus")
     videos = [decode_video(corpus.out_dir / f"videos/synth_{i:04d}.mp4", 1.0, FRAMES, PIXELS)

