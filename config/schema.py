@@ -174,6 +174,10 @@ class RolloutConfig:
     # an engine start (~25 s the first time on a machine, before torch inductor's cache is
     # filled). True: eager PyTorch, for quick starts when debugging.
     enforce_eager: bool = False
+    # Tokens per KV-cache block; None: vLLM's default (128 on CPU, 16 on GPU). Prefix caching
+    # reuses whole blocks only, so a soft-token capture recomputes its sequence from the last
+    # full block, and the G samples of a prompt share only its full blocks.
+    block_size: int | None = None
 
 
 @dataclass

@@ -88,6 +88,7 @@ def _make_engine(model_dir: str, rollout: RolloutConfig, dtype: str, seed: int):
     args = EngineArgs(
         model=str(model_dir), dtype=dtype, seed=seed,
         max_model_len=rollout.max_model_len, enforce_eager=rollout.enforce_eager,
+        block_size=rollout.block_size,
         gpu_memory_utilization=rollout.gpu_memory_utilization,
         tensor_parallel_size=rollout.tensor_parallel_size,
         enable_prefix_caching=rollout.enable_prefix_caching,

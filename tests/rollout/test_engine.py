@@ -13,14 +13,14 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-def _start_engine(model_dirs, enforce_eager=False):
+def _start_engine(model_dirs, **rollout_options):
     from config.schema import RolloutConfig
     from models.loading import load_processor
     from models.tokenizer import SQR_SLOT_TOKEN
     from rollout.engine import PolicyEngine
 
     processor = load_processor(model_dirs[0])
-    rollout = RolloutConfig(max_model_len=2048, enforce_eager=enforce_eager)
+    rollout = RolloutConfig(max_model_len=2048, **rollout_options)
     eng = PolicyEngine(str(model_dirs[0]), rollout,
                        processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN), 8)
     return eng, processor
@@ -242,12 +242,15 @@ def test_known_vllm_noise_is_filtered_but_other_warnings_pass(engine, logger_nam
 def test_shutdown_releases_the_engine_and_its_process_group(model_dirs, engine):
     """A second engine in one process (test modules, the TRL bench) starts after the first
     shut down, and nothing native is left for interpreter exit to tear down. This one runs
-    eager (`rollout.enforce_eager`) and samples what the compiled engine samples."""
+    eager (`rollout.enforce_eager`) on 32-token KV blocks (`rollout.block_size`) and samples
+    what the compiled engine on vLLM's default blocks samples."""
     import torch.distributed as dist
 
-    eng, processor = _start_engine(model_dirs, enforce_eager=True)
+    eng, processor = _start_engine(model_dirs, enforce_eager=True, block_size=32)
     assert eng.engine.vllm_config.model_config.enforce_eager
     assert not engine[0].engine.vllm_config.model_config.enforce_eager
+    assert eng.engine.vllm_config.cache_config.block_size == 32
+    assert engine[0].engine.vllm_config.cache_config.block_size != 32
     ids = processor.tokenizer("hello there, what moves on the left").input_ids
     eager = asyncio.run(eng.generate(ids, None, _greedy(eng, 12))).response_ids
     assert eager == asyncio.run(engine[0].generate(ids, None, _greedy(engine[0], 12))).response_ids
