@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import RANDOM_TINY_MODELS
 from config import load_config
 from config.schema import SamplingConfig
 from corpus.synth import generate_corpus
 from corpus.video import decode_video
-from models.loading import load_policy, load_processor, resolve_model_dirs
+from models.loading import RANDOM_TINY_MODELS, load_policy, load_processor, resolve_model_dirs
 from models.tokenizer import SQR_SLOT_TOKEN
 from rollout.engine import PolicyEngine
 from rollout.prompts import hf_turn_inputs, prompt_ids, vllm_video_data

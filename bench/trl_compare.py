@@ -45,8 +45,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import RANDOM_TINY_MODELS
-
 P, G, MAX_TOKENS, STEPS = 4, 8, 128, 6  # STEPS includes the warm-up step
 # cpu_tiny's GRPO turns (make train, 2026-11-30): 159 prompt tokens (query, video, instructions),
 # up to rollout.sampling.max_tokens = 160 response tokens
@@ -314,7 +312,7 @@ def compare(prompts: int = P, group: int = G, max_tokens: int = MAX_TOKENS, step
     (None: the machine's default, all cores); `prompt_tokens`: the least prompt length (see
     prompt_texts)."""
     from config import load_config
-    from models.loading import resolve_model_dirs
+    from models.loading import RANDOM_TINY_MODELS, resolve_model_dirs
 
     if steps < 2:
         raise ValueError("steps must be >= 2: the first step warms up and is not counted")

@@ -13,6 +13,10 @@ from config.schema import Config
 from models.sqr_heads import SQRHeads
 from models.tiny import build_tiny_models
 
+# Overrides for tiny models with random weights (their pretraining skipped): for benchmarks,
+# whose speed does not depend on what the weights know, and tests that compare exact numbers.
+RANDOM_TINY_MODELS = ["model.tiny_pretrain.embedder.steps=0", "model.tiny_pretrain.policy.steps=0"]
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

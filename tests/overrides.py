@@ -3,6 +3,8 @@ submit) find the session's tiny models in the cache instead of rebuilding them (
 recipe includes the pretraining settings). Jobs with other video settings get a cache of
 their own: the recipe includes the video config too."""
 
+from models.loading import RANDOM_TINY_MODELS
+
 # Random tiny models: the engine/learner tests compare exact numbers on them; the pretrainers
 # are tested on their own (tests/*/test_pretrain.py).
-TEST_MODELS = ["model.tiny_pretrain.embedder.steps=0", "model.tiny_pretrain.policy.steps=0"]
+TEST_MODELS = RANDOM_TINY_MODELS

@@ -4,6 +4,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.overrides import TEST_MODELS
 
 runner = CliRunner()
 
@@ -28,8 +29,7 @@ def test_config_prints_overrides():
 
 def test_corpus_synth_and_models_tiny(tmp_path):
     args = [f"paths.workdir={tmp_path}", f"paths.model_cache={tmp_path / 'm'}",
-            "corpus.synth.num_videos=6", "model.tiny_pretrain.embedder.steps=0",
-            "model.tiny_pretrain.policy.steps=0"]
+            "corpus.synth.num_videos=6", *TEST_MODELS]
     out = runner.invoke(app, ["corpus", "synth", *args])
     assert out.exit_code == 0, out.output
     assert pq.read_table(tmp_path / "corpus" / "videos.parquet").num_rows == 6
