@@ -29,13 +29,13 @@ from actors.retrieval import RouterClient, start_retrieval
 from actors.rollout_pool import Weights, WorkerPool
 from actors.train_metrics import TrainMetrics
 from config.schema import Config
-from corpus.tables import CorpusTables, load_corpus
+from corpus.tables import CorpusTables, Query, load_corpus
 from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
-from models.loading import resolve_model_dirs
+from models.loading import model_dirs
 from retrieval_service.indexing import build_index, read_embeddings
-from rollout.agent import Query
 from rollout.trajectory import turns_to_table
+from tiny.build import with_tiny_models
 
 STAGES = ("index", "sft", "grpo", "eval")
 
@@ -260,13 +260,15 @@ def _prepare(cfg: Config) -> Session:
     else:
         corpus = load_corpus(Path(cfg.corpus.video_dir) / "videos.parquet",
                              Path(cfg.corpus.video_dir) / "queries.parquet")
-    policy_dir, embedder_dir = resolve_model_dirs(cfg)
+    cfg = with_tiny_models(cfg)
+    policy_dir, embedder_dir = model_dirs(cfg)
     return Session(cfg, work, corpus, policy_dir, embedder_dir, work / "index")
 
 
 def open_session(cfg: Config, with_workers: bool = True) -> Session:
     """Corpus, models, Ray, the index and its router, and the policy workers."""
     s = _prepare(cfg)
+    cfg = s.cfg
     init_ray(cfg)
     s.metrics = TrainMetrics(s.work / "tensorboard")
     s.results["index"] = stage_index(s)

@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors import role_resources
 from actors.rollout_pool import Weights
 from config.schema import Config
-from models.loading import resolve_model_dirs
+from models.loading import model_dirs
 
 PLACEMENT_TIMEOUT_S = 600  # an autoscaling cluster may need minutes to add nodes
 
@@ -162,7 +162,7 @@ class LearnerGroup:
         """(Re)create every rank's learner for a stage; defaults: the config's models."""
         cfg = cfg or self.cfg
         if policy_dir is None or (stage == "sft" and embedder_dir is None):
-            default_policy, default_embedder = resolve_model_dirs(cfg)  # builds tiny models once
+            default_policy, default_embedder = model_dirs(cfg)
             policy_dir = policy_dir or default_policy
             embedder_dir = embedder_dir or default_embedder
         self._all("build", cfg, stage, str(policy_dir),

@@ -23,8 +23,8 @@ from ray.util.metrics import Histogram
 
 from actors import role_resources
 from config.schema import Config
-from models.loading import resolve_model_dirs
-from models.tokenizer import SQR_SLOT_TOKEN
+from models.loading import model_dirs
+from models.tokens import SQR_SLOT_TOKEN
 from retrieval_service.coalesce import Coalescer
 from retrieval_service.embedder import Embedder, model_id
 from retrieval_service.index import load_shard, merge_topk, read_manifest
@@ -241,7 +241,7 @@ class RetrievalRouter:
 def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float = 0.0):
     """Router (with its shard actors and query encoder) for a built index; returns its handle."""
     manifest = read_manifest(index_dir)
-    policy_dir, embedder_dir = resolve_model_dirs(cfg)
+    policy_dir, embedder_dir = model_dirs(cfg)
     expected = model_id(embedder_dir, cfg.model.embed_instruction, cfg.video)
     if manifest["model_id"] != expected:
         raise ValueError(f"index {index_dir} was built by {manifest['model_id']}, but the query "

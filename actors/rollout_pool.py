@@ -20,7 +20,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from tqdm.asyncio import tqdm_asyncio
 
 from config.schema import Config
-from rollout.agent import Query, RetrieverClient, run_episode
+from corpus.tables import Query
+from rollout.agent import RetrieverClient, run_episode
 from rollout.trajectory import Turn
 
 log = logging.getLogger(__name__)

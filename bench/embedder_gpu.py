@@ -37,8 +37,8 @@ def main(out: Path = typer.Option(Path("bench/results_gpu.json"), help="results 
     if not torch.cuda.is_available():
         raise typer.BadParameter("this benchmark needs a CUDA GPU (make bench is the CPU suite)")
     from config import load_config
-    from models.tokenizer import train_tokenizer
     from retrieval_service.embedder import Embedder
+    from tiny.tokenizer import train_tokenizer
 
     results = json.loads(out.read_text()) if out.is_file() else {}
     report: dict = {}

@@ -55,7 +55,7 @@ def build_model(out: Path, cfg, tokenizer, model_config, policy: bool = True) ->
     from transformers import Qwen3VLForConditionalGeneration, Qwen3VLModel
 
     from models.sqr_heads import SQRHeads, SQRHeadsConfig
-    from models.tiny import build_processor
+    from tiny.build import build_processor
 
     processor = build_processor(tokenizer, cfg.video.max_pixels, cfg.video.max_frames)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):

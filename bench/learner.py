@@ -25,7 +25,8 @@ import torch
 from bench.turns import synthetic_turns
 from config import load_config
 from corpus.synth import generate_corpus
-from models.loading import resolve_model_dirs
+from models.loading import model_dirs
+from tiny.build import with_tiny_models
 
 P, G, LENGTH, TIMED = 4, 8, 128, 2
 SYNC_REPS = 10  # syncs are ~0.1 s: medians of many, on a machine others share
@@ -84,12 +85,12 @@ def run(results: dict) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cfg = load_config("cpu_tiny", [
+        cfg = with_tiny_models(load_config("cpu_tiny", [
             f"paths.workdir={work}", "corpus.synth.num_videos=4",
             "learner.micro_batch_size=8", "learner.grad_accum_steps=4",
             "learner.logprob_mismatch_warn=1e9", "resources.cpus_per_actor=0.5",
-            "rollout.max_model_len=1024", "rollout.sampling.max_tokens=16"])
-        policy_dir, _ = resolve_model_dirs(cfg)
+            "rollout.max_model_len=1024", "rollout.sampling.max_tokens=16"]))
+        policy_dir, _ = model_dirs(cfg)
         corpus = generate_corpus(cfg.corpus.synth, work / "corpus")
         turns = synthetic_turns(cfg.video, policy_dir,
                                 [str(corpus.out_dir / f"videos/synth_{p:04d}.mp4") for p in range(P)],

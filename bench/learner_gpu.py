@@ -70,7 +70,7 @@ def main(out: Path = typer.Option(Path("bench/results_gpu.json"), help="results 
         raise typer.BadParameter("this benchmark needs a CUDA GPU (make bench is the CPU suite)")
     from config import load_config
     from learner.engine import close_distributed, init_single_rank
-    from models.tokenizer import train_tokenizer
+    from tiny.tokenizer import train_tokenizer
 
     results = json.loads(out.read_text()) if out.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,10 +30,11 @@ from config import load_config
 from config.schema import RetrievalConfig
 from corpus.schema import videos_table, write_parquet
 from corpus.synth import generate_corpus
-from models.loading import resolve_model_dirs
+from models.loading import model_dirs
 from retrieval_service.embedder import Embedder
 from retrieval_service.index import Shard, recall_at_1, write_index
 from retrieval_service.indexing import build_index
+from tiny.build import with_tiny_models
 
 SIZES = [(10_000, 512), (100_000, 512), (1_000_000, 512), (10_000, 2048), (100_000, 2048)]
 NUM_QUERIES = 256
@@ -176,10 +177,10 @@ def indexing(work: Path) -> dict:
     """Ray Data pipeline vs a decode-then-embed loop in one process, same videos and model,
     both timed end to end (model load included; the pipeline also starts its actor pool).
     A first pipeline run on 8 videos takes Ray Data's one-off worker start-up out of it."""
-    cfg = load_config("cpu_tiny", [f"paths.workdir={work}", f"paths.model_cache={work}/models",
-                                   "corpus.synth.num_videos=144"])
+    cfg = with_tiny_models(load_config("cpu_tiny", [
+        f"paths.workdir={work}", f"paths.model_cache={work}/models", "corpus.synth.num_videos=144"]))
     corpus = generate_corpus(cfg.corpus.synth, work / "corpus144")
-    _, embedder_dir = resolve_model_dirs(cfg)
+    _, embedder_dir = model_dirs(cfg)
     rows = pq.read_table(corpus.videos_path).to_pylist()
     warm = work / "corpus144" / "videos8.parquet"
     write_parquet(videos_table(rows[:8]), warm)
@@ -201,9 +202,10 @@ def indexing(work: Path) -> dict:
 
 def vr_r1(work: Path) -> dict:
     """Single-shot VR R@1 of the untrained tiny embedder on the default synthetic corpus."""
-    cfg = load_config("cpu_tiny", [f"paths.workdir={work}", f"paths.model_cache={work}/models"])
+    cfg = with_tiny_models(load_config("cpu_tiny", [f"paths.workdir={work}",
+                                                    f"paths.model_cache={work}/models"]))
     corpus = generate_corpus(cfg.corpus.synth, work / "corpus")
-    policy_dir, embedder_dir = resolve_model_dirs(cfg)
+    policy_dir, embedder_dir = model_dirs(cfg)
     embedder = Embedder(embedder_dir, policy_dir, cfg.model.dtype, cfg.model.embed_instruction,
                         cfg.video)
     rows = pq.read_table(corpus.videos_path).to_pylist()

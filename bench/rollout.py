@@ -22,21 +22,22 @@ from config import load_config
 from config.schema import SamplingConfig
 from corpus.synth import generate_corpus
 from corpus.video import decode_video
-from models.loading import RANDOM_TINY_MODELS, load_policy, load_processor, resolve_model_dirs
-from models.tokenizer import SQR_SLOT_TOKEN
+from models.loading import load_policy, load_processor, model_dirs
+from models.tokens import SQR_SLOT_TOKEN
 from rollout.engine import PolicyEngine
 from rollout.prompts import hf_turn_inputs, prompt_ids, vllm_video_data
+from tiny.build import RANDOM_TINY_MODELS, with_tiny_models
 
 P, G, MIN_LEN, MAX_LEN = 4, 8, 32, 128
 FRAMES, PIXELS = 16, 128 * 128  # 8 temporal groups x 16 tokens -> a ~180-token prefix
 
 
 def _setup(work: Path):
-    cfg = load_config("cpu_tiny", [f"paths.workdir={work}", f"paths.model_cache={work}/models",
+    cfg = with_tiny_models(load_config("cpu_tiny", [f"paths.workdir={work}", f"paths.model_cache={work}/models",
                                    f"video.max_pixels={PIXELS}", f"video.max_frames={FRAMES}",
                                    "corpus.synth.num_videos=4", "corpus.synth.size=128",
-                                   "corpus.synth.seconds=16", *RANDOM_TINY_MODELS])
-    policy_dir, _ = resolve_model_dirs(cfg)
+                                   "corpus.synth.seconds=16", *RANDOM_TINY_MODELS]))
+    policy_dir, _ = model_dirs(cfg)
     corpus = generate_corpus(cfg.corpus.synth, work / "corpus")
     videos = [decode_video(corpus.out_dir / f"videos/synth_{i:04d}.mp4", 1.0, FRAMES, PIXELS)
               for i in range(P)]

@@ -100,7 +100,7 @@ def _stop_and_banned(model_dir: str) -> tuple[list[int], list[int]]:
     from transformers import GenerationConfig
 
     from models.loading import load_processor
-    from models.tokenizer import NEVER_GENERATED
+    from models.tokens import NEVER_GENERATED
 
     tok = load_processor(model_dir).tokenizer
     eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
@@ -202,7 +202,7 @@ def _ours(s: dict) -> dict:
     from learner.engine import init_single_rank
     from learner.learner import Learner
     from models.loading import load_processor
-    from models.tokenizer import SQR_SLOT_TOKEN
+    from models.tokens import SQR_SLOT_TOKEN
     from rollout.engine import PolicyEngine
     from rollout.trajectory import Turn
 
@@ -312,7 +312,8 @@ def compare(prompts: int = P, group: int = G, max_tokens: int = MAX_TOKENS, step
     (None: the machine's default, all cores); `prompt_tokens`: the least prompt length (see
     prompt_texts)."""
     from config import load_config
-    from models.loading import RANDOM_TINY_MODELS, resolve_model_dirs
+    from models.loading import model_dirs
+    from tiny.build import RANDOM_TINY_MODELS, with_tiny_models
 
     if steps < 2:
         raise ValueError("steps must be >= 2: the first step warms up and is not counted")
@@ -322,9 +323,9 @@ def compare(prompts: int = P, group: int = G, max_tokens: int = MAX_TOKENS, step
         raise ValueError("prompts x group must be a multiple of the micro-batch")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cfg = load_config("cpu_tiny", [f"paths.workdir={work}", f"paths.model_cache={work}/models",
-                                       *RANDOM_TINY_MODELS])
-        policy_dir, _ = resolve_model_dirs(cfg)
+        cfg = with_tiny_models(load_config("cpu_tiny", [
+            f"paths.workdir={work}", f"paths.model_cache={work}/models", *RANDOM_TINY_MODELS]))
+        policy_dir, _ = model_dirs(cfg)
         base = dict(policy_dir=str(policy_dir), model_cache=str(work / "models"), prompts=prompts,
                     group=group, max_tokens=max_tokens, steps=steps, micro_batch=micro_batch,
                     lr=cfg.learner.grpo_lr or cfg.learner.lr, kl_beta=cfg.learner.kl_beta,

@@ -94,7 +94,7 @@ def corpus_import(
 def models_tiny(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
                 force: bool = typer.Option(False, help="rebuild even if cached")) -> None:
     """Build the tiny Qwen3-VL policy and embedder into the model cache."""
-    from models.tiny import build_tiny_models
+    from tiny.build import build_tiny_models
 
     cfg = _cfg(config, overrides)
     dirs = build_tiny_models(cfg.paths.model_cache, video=cfg.video,

@@ -64,11 +64,11 @@ class TinyPolicyPretrainConfig:
     steps: int = 800
     batch_size: int = 8
     # Text-only rows of the trace's check per step, beside the batch_size videos (see
-    # learner.pretrain). 800 steps with 4: held-out "same" / "differs" words right 98 / 99 %,
+    # tiny.policy_pretrain). 800 steps with 4: held-out "same" / "differs" words right 98 / 99 %,
     # caption CE 0.161, 5.2 min; with 8: 100 / 95 %, CE 0.179, 7.6 min.
     compare_batch_size: int = 4
     # Weight of the linear probes of each temporal patch's colours/shapes/motions on the
-    # vision tower's output (learner.pretrain.PatchProbes); 0 = the caption loss alone.
+    # vision tower's output (tiny.policy_pretrain.PatchProbes); 0 = the caption loss alone.
     # Same step time (a forward hook reads the tower's output); caption CE 0.161 -> 0.056.
     probe_weight: float = 1.0
     lr: float = 1.0e-3

@@ -6,7 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corpus.schema import read_queries, read_videos
-from rollout.agent import Query
+
+
+@dataclass
+class Query:
+    """One annotated moment to find: the text and where the ground truth is."""
+    query_id: str
+    text: str
+    video_id: str
+    start_s: float
+    end_s: float
 
 
 @dataclass

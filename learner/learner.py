@@ -29,7 +29,7 @@ from learner.sft_data import SFTExample
 from learner.shared_prefix import allow_checkpointing
 from learner.stats import Stats
 from models.loading import load_policy, load_processor
-from models.tokenizer import SQR_SLOT_TOKEN
+from models.tokens import SQR_SLOT_TOKEN
 from rollout.trajectory import Turn
 
 STAGES = ("sft", "grpo")

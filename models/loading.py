@@ -1,6 +1,7 @@
-"""One loader for tiny and real checkpoints: a model spec is "tiny" (built once into
-the model cache) or a local Hugging Face directory (Qwen/Qwen3-VL-2B-Instruct,
-Qwen/Qwen3-VL-Embedding-2B or an exported checkpoint of ours)."""
+"""One loader for every checkpoint: a local Hugging Face directory (Qwen/Qwen3-VL-2B-Instruct,
+Qwen/Qwen3-VL-Embedding-2B, the tiny stand-ins once built, or an exported checkpoint of ours).
+The "tiny" spec is resolved into directories by the entry points (tiny.build.with_tiny_models)
+before anything here runs."""
 
 from __future__ import annotations
 
@@ -11,11 +12,6 @@ from transformers import AutoModel, AutoProcessor, Qwen3VLForConditionalGenerati
 
 from config.schema import Config
 from models.sqr_heads import SQRHeads
-from models.tiny import build_tiny_models
-
-# Overrides for tiny models with random weights (their pretraining skipped): for benchmarks,
-# whose speed does not depend on what the weights know, and tests that compare exact numbers.
-RANDOM_TINY_MODELS = ["model.tiny_pretrain.embedder.steps=0", "model.tiny_pretrain.policy.steps=0"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,17 +35,15 @@ def _check_dir(path: Path, role: str) -> Path:
     return path
 
 
-def resolve_model_dirs(cfg: Config) -> tuple[Path, Path]:
-    """(policy_dir, embedder_dir), building the tiny models on first use."""
-    tiny = None
-    if "tiny" in (cfg.model.policy, cfg.model.embedder):
-        tiny = build_tiny_models(
-            cfg.paths.model_cache, video=cfg.video, pretrain=cfg.model.tiny_pretrain,
-            soft_tokens=cfg.sqr.num_tokens, seed=cfg.model.seed,
-        )
-    policy = tiny[0] if cfg.model.policy == "tiny" else Path(cfg.model.policy)
-    embedder = tiny[1] if cfg.model.embedder == "tiny" else Path(cfg.model.embedder)
-    return _check_dir(policy, "policy"), _check_dir(embedder, "embedder")
+def model_dirs(cfg: Config) -> tuple[Path, Path]:
+    """(policy_dir, embedder_dir) of the config, each checked to be a model directory."""
+    for role, spec in (("policy", cfg.model.policy), ("embedder", cfg.model.embedder)):
+        if spec == "tiny":
+            raise ModelNotFoundError(
+                f"model.{role} is 'tiny', which the job's entry points turn into the built tiny "
+                "model's directory (tiny.build.with_tiny_models); pass the config through it first")
+    return (_check_dir(Path(cfg.model.policy), "policy"),
+            _check_dir(Path(cfg.model.embedder), "embedder"))
 
 
 def load_processor(model_dir: str | Path):

@@ -24,7 +24,7 @@ from config.schema import VideoConfig
 from corpus.video import DecodedVideo, decode_video
 from models.loading import load_embedder, load_processor, torch_dtype
 from models.sqr_heads import SQRHeads
-from models.tokenizer import SQR_SLOT_TOKEN
+from models.tokens import SQR_SLOT_TOKEN
 
 
 def _messages(instruction: str, content: dict) -> list[dict]:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from config.schema import Config, VideoConfig
 from corpus.schema import read_videos
 from corpus.video import DecodedVideo, VideoDecodeError, decode_video
-from models.loading import resolve_model_dirs
+from models.loading import model_dirs
 from retrieval_service.embedder import Embedder, model_id
 from retrieval_service.index import write_index
 
@@ -189,7 +189,7 @@ def build_index(cfg: Config, videos_path: str | Path, out_dir: str | Path, *,
     videos_path, out_dir = Path(videos_path), Path(out_dir)
     if not ray.is_initialized():
         ray.init()
-    _, embedder_dir = resolve_model_dirs(cfg)
+    _, embedder_dir = model_dirs(cfg)
     mid = model_id(embedder_dir, cfg.model.embed_instruction, cfg.video)
     directory = out_dir / "embeddings" / mid
     directory.mkdir(parents=True, exist_ok=True)

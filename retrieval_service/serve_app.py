@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from config.schema import RetrievalConfig
-from models.tokenizer import SQR_SLOT_TOKEN
+from models.tokens import SQR_SLOT_TOKEN
 
 MAX_QUERIES = 256
 MAX_TOPK = 1000

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from config.schema import Config
+from corpus.tables import Query
 from rollout.parsing import parse_response
 from rollout.rewards import (
     RewardParts,
@@ -28,15 +29,6 @@ from rollout.rewards import (
     verification_reward,
 )
 from rollout.trajectory import Turn
-
-
-@dataclass
-class Query:
-    query_id: str
-    text: str
-    video_id: str
-    start_s: float
-    end_s: float
 
 
 @dataclass

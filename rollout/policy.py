@@ -16,7 +16,7 @@ from config.schema import Config
 from corpus.video import DecodedVideo, decode_video
 from models.loading import load_processor, torch_dtype
 from models.sqr_heads import SQRHeads
-from models.tokenizer import NEVER_GENERATED, REFINE_TOKEN, SQR_SLOT_TOKEN
+from models.tokens import NEVER_GENERATED, REFINE_TOKEN, SQR_SLOT_TOKEN
 from rollout.engine import PolicyEngine
 from rollout.prompts import prompt_ids, vllm_video_data
 

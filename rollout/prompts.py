@@ -22,7 +22,7 @@ INSTRUCTION = (
     "If matched, give the moment as <start>S</start> <end>E</end> in seconds. "
     "Always end with <REFINE>."
 )
-# The tiny policy's caption pretraining (learner.pretrain) asks this.
+# The tiny policy's caption pretraining (tiny.policy_pretrain) asks this.
 CAPTION_PROMPT = "Describe every moment of the video with its start and end in seconds."
 
 

@@ -54,21 +54,22 @@ def workdir(tmp_path_factory) -> Path:
 def cfg(workdir):
     """The embedded default, redirected into the session's temporary folder, with random
     tiny models (tests/overrides.py says why), a 48-video corpus (`make train` uses 128) and shorter completions, to
-    keep `make test` inside its time budget."""
+    keep `make test` inside its time budget; the tiny models are built (once) here."""
     from config import load_config
     from tests.overrides import TEST_MODELS
+    from tiny.build import with_tiny_models
 
-    return load_config("cpu_tiny", [
+    return with_tiny_models(load_config("cpu_tiny", [
         f"paths.workdir={workdir}", f"paths.model_cache={workdir / 'models'}",
         *TEST_MODELS, "corpus.synth.num_videos=48", "rollout.sampling.max_tokens=96",
-    ])
+    ]))
 
 
 @pytest.fixture(scope="session")
 def model_dirs(cfg):
-    from models.loading import resolve_model_dirs
+    from models.loading import model_dirs
 
-    return resolve_model_dirs(cfg)
+    return model_dirs(cfg)
 
 
 @pytest.fixture(scope="session")

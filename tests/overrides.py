@@ -3,7 +3,7 @@ submit) find the session's tiny models in the cache instead of rebuilding them (
 recipe includes the pretraining settings). Jobs with other video settings get a cache of
 their own: the recipe includes the video config too."""
 
-from models.loading import RANDOM_TINY_MODELS
+from tiny.build import RANDOM_TINY_MODELS
 
 # Random tiny models: the engine/learner tests compare exact numbers on them; the pretrainers
 # are tested on their own (tests/*/test_pretrain.py).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.driver import grpo_only_videos, stage_queries
-from rollout.agent import Query
+from corpus.tables import Query
 
 TRAIN = [Query(f"v{v}:q{i}", f"text {v} {i}", f"v{v}", 0.0, 1.0) for v in range(9) for i in range(2)]
 

@@ -10,8 +10,8 @@ from bench.gpu_shapes import build_model, preset_videos, qwen3vl_2b_config
 from config import load_config
 from corpus.video import decode_video
 from models.loading import load_policy, load_processor
-from models.tokenizer import train_tokenizer
 from rollout.prompts import hf_turn_inputs
+from tiny.tokenizer import train_tokenizer
 
 
 def test_the_2b_shape_is_consistent():

@@ -252,7 +252,7 @@ def test_sft_gradient_reaches_the_refine_projector_only_through_infonce(
     from learner.sft import SFTLoss, normalisers, sft_rows
     from learner.stats import Stats
     from models.loading import load_policy
-    from models.tokenizer import SQR_SLOT_TOKEN
+    from models.tokens import SQR_SLOT_TOKEN
     from retrieval_service.embedder import Embedder
 
     cfg = learner_cfg

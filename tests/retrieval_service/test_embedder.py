@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.tokenizer import SQR_SLOT_TOKEN
+from models.tokens import SQR_SLOT_TOKEN
 
 TEXTS = ["a red circle moves left on a navy background", "a blue square", "x"]
 

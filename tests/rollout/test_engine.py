@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def _start_engine(model_dirs, **rollout_options):
     from config.schema import RolloutConfig
     from models.loading import load_processor
-    from models.tokenizer import SQR_SLOT_TOKEN
+    from models.tokens import SQR_SLOT_TOKEN
     from rollout.engine import PolicyEngine
 
     processor = load_processor(model_dirs[0])

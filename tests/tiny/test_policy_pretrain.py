@@ -6,7 +6,9 @@ import torch
 from config.schema import TinyPolicyPretrainConfig, VideoConfig
 from corpus.synth import Event, Video, scenes_of
 from corpus.video import DecodedVideo, decode_video
-from learner.pretrain import (
+from learner.sft_data import moment_sentence
+from models.loading import load_processor
+from tiny.policy_pretrain import (
     ATTRIBUTE_VALUES,
     PatchProbes,
     caption,
@@ -16,8 +18,6 @@ from learner.pretrain import (
     shown_per_patch,
     word_accuracy,
 )
-from learner.sft_data import moment_sentence
-from models.loading import load_processor
 
 
 def test_caption_lists_events_in_time_order_in_the_sft_sentence():

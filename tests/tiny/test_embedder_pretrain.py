@@ -3,7 +3,7 @@ import torch
 
 from config.schema import TinyEmbedderPretrainConfig, VideoConfig
 from corpus.synth import Event, Video
-from retrieval_service.pretrain import AttributeProbes, pretrain_embedder, symmetric_info_nce
+from tiny.embedder_pretrain import AttributeProbes, pretrain_embedder, symmetric_info_nce
 
 
 def test_symmetric_info_nce_rewards_aligned_pairs():

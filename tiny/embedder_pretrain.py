@@ -27,8 +27,8 @@ from torch import nn
 
 from config.schema import TinyEmbedderPretrainConfig, VideoConfig
 from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, Event, SynthCorpus, Video, scenes_of
-from models.fit import fit
 from retrieval_service.embedder import Embedder
+from tiny.fit import fit
 
 
 @dataclass

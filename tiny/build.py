@@ -15,7 +15,7 @@ import json
 import multiprocessing
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -28,16 +28,21 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from config.schema import SynthConfig, TinyPretrainConfig, VideoConfig
+from config.schema import Config, SynthConfig, TinyPretrainConfig, VideoConfig
 from corpus.synth import generate_corpus
 from models.sqr_heads import SQRHeads, SQRHeadsConfig
-from models.tokenizer import CHAT_TEMPLATE, train_tokenizer
+from tiny.embedder_pretrain import pretrain_embedder
+from tiny.policy_pretrain import pretrain_policy
+from tiny.tokenizer import CHAT_TEMPLATE, train_tokenizer
 
 POLICY_DIR = "tiny-qwen3vl-policy"
 EMBEDDER_DIR = "tiny-qwen3vl-embedder"
 MANIFEST = "tiny_manifest.json"
 # Bump when the recipe changes so that cached models are rebuilt.
 RECIPE_VERSION = 9
+# Overrides for tiny models with random weights (their pretraining skipped): for benchmarks,
+# whose speed does not depend on what the weights know, and tests that compare exact numbers.
+RANDOM_TINY_MODELS = ["model.tiny_pretrain.embedder.steps=0", "model.tiny_pretrain.policy.steps=0"]
 # The tiny models' own pretraining corpus: seed = model seed + this, never a run's corpus.
 PRETRAIN_SEED_OFFSET = 1000
 
@@ -100,6 +105,20 @@ def _save(model, processor, directory: Path) -> None:
     processor.save_pretrained(directory)
 
 
+def with_tiny_models(cfg: Config) -> Config:
+    """The config with each "tiny" model spec replaced by the built (cached) directory: the
+    job's entry points call this once, so every actor and loader sees only directories."""
+    if "tiny" not in (cfg.model.policy, cfg.model.embedder):
+        return cfg
+    policy, embedder = build_tiny_models(
+        cfg.paths.model_cache, video=cfg.video, pretrain=cfg.model.tiny_pretrain,
+        soft_tokens=cfg.sqr.num_tokens, seed=cfg.model.seed,
+    )
+    model = replace(cfg.model, policy=str(policy) if cfg.model.policy == "tiny" else cfg.model.policy,
+                    embedder=str(embedder) if cfg.model.embedder == "tiny" else cfg.model.embedder)
+    return replace(cfg, model=model)
+
+
 def build_tiny_models(
     cache_dir: str | Path, *, video: VideoConfig | None = None,
     pretrain: TinyPretrainConfig | None = None, soft_tokens: int = 8, seed: int = 0,
@@ -157,15 +176,11 @@ def build_tiny_models(
 def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: VideoConfig,
               pretrain: TinyPretrainConfig, seed: int, rng_state: list[int]) -> dict:
     steps = {"embedder": pretrain.embedder.steps, "policy": pretrain.policy.steps}
-    # The probes' initialisation continues the builder's random stream, as it did in-process
-    # (another stream is another pair of models: README, "How seed-sensitive"). A list, not
+    # The probes' initialisation continues the builder's random stream (another stream is
+    # another pair of models: docs/experiments.md, "How seed-sensitive"). A list, not
     # the tensor: a tensor crosses processes through torch's fd sharing, which leaves a
     # resource-sharer thread in the caller blocked in accept() until interpreter exit.
     torch.set_rng_state(torch.tensor(rng_state, dtype=torch.uint8))
-    # Deferred: the trainers build on models (they load them), not the other way round.
-    from learner.pretrain import pretrain_policy
-    from retrieval_service.pretrain import pretrain_embedder
-
     def corpus(name: str, num_videos: int, offset: int):
         return generate_corpus(SynthConfig(num_videos=num_videos, seed=seed + offset),
                                cache_dir / f"pretrain-corpus-{name}")

@@ -15,21 +15,9 @@ from transformers import PreTrainedTokenizerFast
 from config.schema import ModelConfig
 from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, describe
 from learner.sft_data import reasoning, template_words
+from models.tokens import QWEN_ADDED_TOKENS, QWEN_SPECIAL_TOKENS, REFINE_TOKEN, SQR_SLOT_TOKEN
 from rollout.parsing import format_response
 from rollout.prompts import CAPTION_PROMPT, INSTRUCTION
-
-# Qwen3-VL's special tokens in their id order, then the two SQR tokens this project adds.
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
-    "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
-    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]
-QWEN_ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
-REFINE_TOKEN = "<REFINE>"
-SQR_SLOT_TOKEN = "<|sqr_slot|>"
-# Tokens that only the prompt builder may place: the policy never samples them.
-NEVER_GENERATED = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
-                   "<|video_pad|>", SQR_SLOT_TOKEN]
 
 # Qwen2's pre-tokenizer regex (single digits, words with a leading non-letter).
 _QWEN_SPLIT = (
