@@ -34,6 +34,7 @@ from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
 from models.loading import model_dirs
 from retrieval_service.indexing import build_index, read_embeddings
+from rollout.rewards import REWARD_PARTS
 from rollout.trajectory import turns_to_table
 from tiny.build import with_tiny_models
 
@@ -174,14 +175,11 @@ def save_rollouts(folder: Path, step: int, turns, every: int) -> Path | None:
 def _reward_means(episodes) -> dict[str, float]:
     from rollout.agent import episode_reward
 
-    parts = {"format": [], "verification": [], "retrieval": [], "grounding": [], "found": [],
-             "total": []}
+    parts = {name: [] for name in (*REWARD_PARTS, "total")}
     for turns in episodes:
-        parts["format"].append(np.mean([t.reward_format for t in turns]))
-        parts["verification"].append(np.mean([t.reward_verification for t in turns]))
-        parts["retrieval"].append(np.mean([t.reward_retrieval for t in turns]))
-        parts["grounding"].append(np.mean([t.reward_grounding for t in turns]))
-        parts["found"].append(turns[-1].reward_found)
+        for name in REWARD_PARTS:  # found is the final turn's (an accept ends the episode)
+            values = [getattr(t, f"reward_{name}") for t in turns]
+            parts[name].append(values[-1] if name == "found" else np.mean(values))
         parts["total"].append(episode_reward(turns))
     return {k: float(np.mean(v)) for k, v in parts.items()}
 

@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import ray
-from ray.util.metrics import Gauge
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -37,8 +36,6 @@ class LearnerRank:
         self.rank, self.world = rank, world
         self.learner = None
         self.transfer = None
-        self.step_seconds = Gauge("learner_step_seconds", "Seconds per learner step (rank 0).",
-                                  tag_keys=("stage",)) if rank == 0 else None
 
     def address(self) -> tuple[str, int]:
         with socket.socket() as s:
@@ -59,10 +56,7 @@ class LearnerRank:
         self.learner = Learner(cfg, stage, policy_dir, embedder_dir, ds_overrides)
 
     def call(self, method: str, *args):
-        out = getattr(self.learner, method)(*args)
-        if self.step_seconds is not None and method.endswith("_step"):
-            self.step_seconds.set(out["step_seconds"], tags={"stage": self.learner.stage})
-        return out
+        return getattr(self.learner, method)(*args)
 
     @ray.method(num_returns=3)
     def export_weights(self):
@@ -79,9 +73,6 @@ class LearnerRank:
         self.transfer.send_weights()
         version, _, heads = self.learner.export_weights(policy=False)
         return version, heads
-
-    def version(self) -> int:
-        return self.learner.version
 
     def close(self) -> None:
         from learner.engine import close_distributed
@@ -187,9 +178,6 @@ class LearnerGroup:
 
     def export_hf(self, out_dir: str | Path) -> str:
         return self._call("export_hf", str(out_dir))
-
-    def version(self) -> int:
-        return ray.get(self.ranks[0].version.remote())
 
     def export_weights(self) -> Weights:
         """Rank 0's full tensors, left in the object store for the workers to read."""

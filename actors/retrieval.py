@@ -229,14 +229,6 @@ class RetrievalRouter:
         self._observe("score", start)
         return out
 
-    async def hard_negatives(self, vecs, positives: list[str], k: int) -> list[list[str]]:
-        """The k best-scoring videos of each query other than its positive."""
-        start = time.perf_counter()
-        _, ids = await self.search(vecs, k + 1)
-        out = [[v for v in row if v and v != pos][:k] for row, pos in zip(ids.tolist(), positives, strict=True)]
-        self._observe("hard_negatives", start)
-        return out
-
 
 def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float = 0.0):
     """Router (with its shard actors and query encoder) for a built index; returns its handle."""

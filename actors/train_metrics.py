@@ -8,8 +8,6 @@ from pathlib import Path
 from ray.util.metrics import Gauge
 from torch.utils.tensorboard import SummaryWriter
 
-REWARD_PARTS = ("format", "verification", "retrieval", "grounding", "found", "total")
-
 
 class TrainMetrics:
     def __init__(self, log_dir: Path):

@@ -39,7 +39,7 @@ def _setup(work: Path):
                                    "corpus.synth.seconds=16", *RANDOM_TINY_MODELS]))
     policy_dir, _ = model_dirs(cfg)
     corpus = generate_corpus(cfg.corpus.synth, work / "corpus")
-    videos = [decode_video(corpus.out_dir / f"videos/synth_{i:04d}.mp4", 1.0, FRAMES, PIXELS)
+    videos = [decode_video(corpus.out_dir / f"videos/synth_{i:04d}.mp4", cfg.video)
               for i in range(P)]
     return cfg, policy_dir, videos
 

@@ -20,7 +20,7 @@ def synthetic_turns(video_cfg, policy_dir: Path, paths: list[str], per_video: in
     rng = np.random.default_rng(0)
     v, turns = video_cfg, []
     for p, path in enumerate(paths):
-        video = decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+        video = decode_video(path, v)
         prompt = hf_turn_inputs(processor, f"query {p}", video)["input_ids"][0].tolist()
         for g in range(per_video):
             turns.append(Turn(

@@ -154,7 +154,6 @@ class SamplingConfig:
     # (learner.losses.nucleus), at the cost of sorting each row's logits over the vocabulary
     top_p: float = 1.0
     max_tokens: int = 128
-    seed: int = 0
 
 
 @dataclass

@@ -8,12 +8,18 @@ errors naming the file, so a broken corpus entry can be reported or skipped by k
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import decord
 import numpy as np
+
+from config.schema import VideoConfig
+
+# Frame sides are multiples of the vision tower's patch (16) times its spatial merge (2).
+SIZE_FACTOR = 32
 
 
 class VideoDecodeError(Exception):
@@ -118,15 +124,37 @@ def sample_times(duration_s: float, fps: float, max_frames: int) -> np.ndarray:
     return times
 
 
-def decode_video(
-    path: str | Path,
-    fps: float,
-    max_frames: int,
-    max_pixels: int,
-    min_pixels: int = 0,
-    size_factor: int = 32,
-) -> DecodedVideo:
+# Decoded videos kept per process: the rollout shows a video in many turns and the learner
+# re-reads each turn's video. 128 tiny videos are a few MB; at the 2B preset's 64 frames of
+# 448x448 a video is ~38 MB, so a full cache is ~5 GB of a GPU node's host memory.
+DECODE_CACHE_SIZE = 128
+
+
+def decode_video(path: str | Path, video: VideoConfig, *, cache: bool = True) -> DecodedVideo:
+    """The frames the model sees of a video: sampled at `video.fps` (at most `max_frames`,
+    spread over the whole video), resized into the pixel budget. Cached per process by path,
+    file identity and settings (callers must not write into the arrays); `cache=False` for
+    passes that read each video once (indexing, pretraining corpora)."""
     path = Path(path)
+    if not cache:
+        return _decode(path, video.fps, video.max_frames, video.max_pixels, video.min_pixels)
+    try:
+        stat = path.stat()
+        identity = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        identity = None  # _open names the problem
+    return _decode_cached(str(path), identity, video.fps, video.max_frames, video.max_pixels,
+                          video.min_pixels)
+
+
+@functools.lru_cache(maxsize=DECODE_CACHE_SIZE)
+def _decode_cached(path: str, identity, fps: float, max_frames: int, max_pixels: int,
+                   min_pixels: int) -> DecodedVideo:
+    return _decode(Path(path), fps, max_frames, max_pixels, min_pixels)
+
+
+def _decode(path: Path, fps: float, max_frames: int, max_pixels: int,
+            min_pixels: int) -> DecodedVideo:
     reader = _open(path)
     num_frames, source_fps = len(reader), float(reader.get_avg_fps())
     duration = num_frames / source_fps
@@ -135,7 +163,7 @@ def decode_video(
     indices = np.clip(np.floor(times * source_fps + 0.5).astype(np.int64), 0, num_frames - 1)
 
     height, width = _read(reader, path, indices[:1]).shape[1:3]
-    h, w = smart_resize(height, width, size_factor, min_pixels, max_pixels)
+    h, w = smart_resize(height, width, SIZE_FACTOR, min_pixels, max_pixels)
     if (h, w) != (height, width):
         # Resizing inside the decoder avoids holding full-resolution frames in memory.
         reader = _open(path, width=w, height=h)

@@ -1,6 +1,6 @@
 """Retrieval, verification and moment metrics from a predictions table.
 
-One row per (query, turn): ``query_id, turn, gt_video_id, gt_start, gt_end, pred_video_id,
+One row per (query, turn): ``query_id, turn, gt_video_id, gt_start, gt_end, video_id,
 answer, pred_start, pred_end, is_final``. Per query, on a given row:
 
 * VR: the top-1 retrieved video is the ground-truth video.
@@ -57,7 +57,7 @@ def _score(rows: Sequence[Row], thresholds: Sequence[float]) -> dict[str, float]
     n = len(rows)
     hits = {f"R1@{t}": 0 for t in thresholds} | {"VER": 0, "VR": 0}
     for row in rows:
-        vr = row["pred_video_id"] is not None and row["pred_video_id"] == row["gt_video_id"]
+        vr = row["video_id"] is not None and row["video_id"] == row["gt_video_id"]
         answer = row.get("answer")
         hits["VR"] += vr
         hits["VER"] += answer is not None and (answer == "matched") == vr
@@ -83,7 +83,7 @@ def compute_metrics(
     last = final_rows(rows)
     final = _score(last, iou_thresholds)
     shown = {r["query_id"] for r in rows
-             if r["pred_video_id"] is not None and r["pred_video_id"] == r["gt_video_id"]}
+             if r["video_id"] is not None and r["video_id"] == r["gt_video_id"]}
     final["VR@any"] = 100.0 * len(shown) / len(last) if last else 0.0
     if last and all("episode_reward" in row for row in last):
         final["reward"] = sum(float(row["episode_reward"]) for row in last) / len(last)
@@ -103,13 +103,13 @@ def refinement_metrics(rows: Sequence[Row]) -> dict[str, float]:
         if 1 not in turns:
             continue
         first = turns[1]
-        shown = [first["pred_video_id"]]
+        shown = [first["video_id"]]
         for t in sorted(k for k in turns if k >= 2):
             row = turns[t]
             candidate = next((v for v in first["retrieved_ids"] if v not in shown), None)
             n += 1
-            refined += row["pred_video_id"] == row["gt_video_id"]
+            refined += row["video_id"] == row["gt_video_id"]
             nxt += candidate == row["gt_video_id"]  # None (ranking used up) never is
-            shown.append(row["pred_video_id"])
+            shown.append(row["video_id"])
     return {"refined_turns": n, "VR_refined": 100.0 * refined / n if n else 0.0,
             "VR_next_in_ranking": 100.0 * nxt / n if n else 0.0}

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rollout.rewards import REWARD_PARTS  # noqa: E402
+
 COLUMNS = ("R1@0.3", "R1@0.5", "R1@0.7", "VER", "VR")
 
 
@@ -39,8 +41,7 @@ def plot(history: list[dict], evals: dict[str, dict], path: Path) -> Path:
     grpo = [h for h in history if h.get("stage") == "grpo" and "reward_total" in h]
     if grpo:
         steps = [h["step"] for h in grpo]
-        for key in ("reward_total", "reward_verification", "reward_grounding", "reward_found",
-                    "reward_retrieval", "reward_format"):
+        for key in ("reward_total", *(f"reward_{name}" for name in REWARD_PARTS)):
             left.plot(steps, [h.get(key, 0.0) for h in grpo], label=key.removeprefix("reward_"))
         left.legend(fontsize=8)
     left.set(title="GRPO rewards per step", xlabel="step", ylabel="mean reward")

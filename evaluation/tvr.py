@@ -44,9 +44,9 @@ def _seconds(value: Any) -> float | None:
 
 def _entry(row: Row, video2idx: dict[str, int]) -> dict[str, Any]:
     entry: dict[str, Any] = {"desc_id": row["query_id"]}
-    if row.get("desc") is not None:
-        entry["desc"] = row["desc"]
-    vid = row["pred_video_id"]
+    if row.get("query_text") is not None:
+        entry["desc"] = row["query_text"]
+    vid = row["video_id"]
     if vid is None:
         entry["predictions"] = []
         return entry
@@ -55,8 +55,9 @@ def _entry(row: Row, video2idx: dict[str, int]) -> dict[str, Any]:
     start, end = _seconds(row.get("pred_start")), _seconds(row.get("pred_end"))
     if start is None or end is None:
         start = end = 0.0
-    score = row.get("score")
-    entry["predictions"] = [[video2idx[vid], start, end, 1.0 if score is None else float(score)]]
+    scores = row.get("retrieved_scores")
+    score = float(scores[0]) if scores else 1.0
+    entry["predictions"] = [[video2idx[vid], start, end, score]]
     return entry
 
 

@@ -65,12 +65,10 @@ class VideoInputs:
     def __init__(self, processor, video: VideoConfig, cache_size: int = 64):
         self.processor = processor
         self.video = video
-        self.decode = functools.lru_cache(maxsize=cache_size)(self._decode)
         self.inputs = functools.lru_cache(maxsize=cache_size)(self._inputs)
 
-    def _decode(self, path: str) -> DecodedVideo:
-        v = self.video
-        return decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+    def decode(self, path: str) -> DecodedVideo:
+        return decode_video(path, self.video)
 
     def _inputs(self, path: str) -> dict[str, torch.Tensor]:
         return hf_video_inputs(self.processor, self.decode(path))

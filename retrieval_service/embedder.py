@@ -94,8 +94,7 @@ class Embedder:
 
     def decode(self, path: str | Path) -> DecodedVideo:
         """A video sampled the way this embedder's index is built (the video config)."""
-        v = self.video
-        return decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+        return decode_video(path, self.video)
 
     def load_heads(self, state: dict[str, torch.Tensor]) -> None:
         """New SQR head weights from the learner (its refine projector rides along unused)."""

@@ -65,12 +65,11 @@ class IndexReport:
         return "\n".join(lines)
 
 
-def decode_row(row: dict, video: dict) -> dict:
+def decode_row(row: dict, video: VideoConfig) -> dict:
     """Ray Data map: a videos-table row -> frames, or an error message for the report."""
     out = {"video_id": row["video_id"], "path": row["path"], "error": ""}
     try:
-        d = decode_video(row["path"], video["fps"], video["max_frames"], video["max_pixels"],
-                         video["min_pixels"])
+        d = decode_video(row["path"], video, cache=False)
     except VideoDecodeError as e:
         return out | {"error": f"{type(e).__name__}: {e}", "frames": np.zeros((0, 0, 0, 3), np.uint8),
                       "timestamps": np.zeros(0), "duration_s": 0.0, "source_fps": 0.0}
@@ -81,9 +80,8 @@ def decode_row(row: dict, video: dict) -> dict:
 class EmbedBatch:
     """Ray Data callable class: one embedder per actor, loaded once."""
 
-    def __init__(self, embedder_dir: str, dtype: str, instruction: str, video: dict):
-        self.embedder = Embedder(embedder_dir, dtype=dtype, instruction=instruction,
-                                 video=VideoConfig(**video))
+    def __init__(self, embedder_dir: str, dtype: str, instruction: str, video: VideoConfig):
+        self.embedder = Embedder(embedder_dir, dtype=dtype, instruction=instruction, video=video)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.array([not e for e in batch["error"]], bool)
@@ -147,7 +145,7 @@ def pipeline(rows: list[dict], embedder_dir: Path, cfg: Config, num_actors: int,
              batch_size: int) -> ray.data.Dataset:
     """decode (CPU tasks) -> embed (actor pool, a GPU per actor when the cluster has GPUs)."""
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    video = asdict(cfg.video)
+    video = cfg.video
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), len(rows) // batch_size)))
     # A decode task reserves its worker (measured ~0.5 GiB) plus the frames it holds, twice
     # for decoder buffers. Differing resource requests also keep Ray Data from fusing

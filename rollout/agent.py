@@ -20,6 +20,7 @@ from config.schema import Config
 from corpus.tables import Query
 from rollout.parsing import parse_response
 from rollout.rewards import (
+    REWARD_PARTS,
     RewardParts,
     episode_total,
     format_reward,
@@ -134,11 +135,8 @@ def _finite(x: float | None) -> float | None:
 
 
 def _set_rewards(turn: Turn, parts: RewardParts, cfg: Config) -> RewardParts:
-    turn.reward_format = parts.format
-    turn.reward_verification = parts.verification
-    turn.reward_retrieval = parts.retrieval or 0.0
-    turn.reward_grounding = parts.grounding
-    turn.reward_found = float(parts.found)
+    for name in REWARD_PARTS:  # unweighted, as the parts were scored
+        setattr(turn, f"reward_{name}", float(getattr(parts, name) or 0.0))
     turn.reward = total_reward(parts, cfg.reward)
     return parts
 

@@ -118,7 +118,6 @@ class PolicyEngine:
         self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._closed = False
         self.error: RuntimeError | None = None
-        self.generated_tokens = 0
         self._thread = threading.Thread(target=self._loop, name="vllm-step", daemon=True)
         self._thread.start()
 
@@ -216,7 +215,6 @@ class PolicyEngine:
         completion = out.outputs[0]
         ids = list(completion.token_ids)
         logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs, ids, strict=True)]
-        self.generated_tokens += len(ids)
         # decoded once here, not token by token in the engine loop (detokenize=False: ~8 % of
         # a decode step in a CPU profile); a stop token ends the ids but is not part of the text
         text_ids = ids[:-1] if completion.finish_reason == "stop" else ids

@@ -6,7 +6,6 @@ decoding. It is Ray-free; `actors.policy_worker.PolicyWorker` hosts one per acto
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +31,7 @@ class GeneratedTurn:
 
 
 class LocalPolicy:
-    def __init__(self, cfg: Config, policy_dir: str, video_cache: int = 256):
+    def __init__(self, cfg: Config, policy_dir: str):
         self.cfg = cfg
         self.processor = load_processor(policy_dir)
         tok = self.processor.tokenizer
@@ -44,11 +43,9 @@ class LocalPolicy:
             num_slots=cfg.sqr.num_tokens, dtype=cfg.model.dtype, seed=cfg.model.seed,
         )
         self.weight_version = 0
-        self._decode = functools.lru_cache(maxsize=video_cache)(self._decode_uncached)
 
-    def _decode_uncached(self, path: str) -> DecodedVideo:
-        v = self.cfg.video
-        return decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+    def _decode(self, path: str) -> DecodedVideo:
+        return decode_video(path, self.cfg.video)
 
     async def generate(self, query: str, video_path: str, seed: int | None = None,
                        greedy: bool = False) -> GeneratedTurn:

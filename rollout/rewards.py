@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import numpy as np
@@ -105,13 +105,11 @@ class RewardParts:
 
     def weighted(self, weights: RewardWeights) -> dict[str, float]:
         """Each part times its weight, keyed by part name (for logging as well as summing)."""
-        return {
-            "format": weights.format * self.format,
-            "verification": weights.verification * self.verification,
-            "retrieval": 0.0 if self.retrieval is None else weights.retrieval * self.retrieval,
-            "grounding": weights.grounding * self.grounding,
-            "found": weights.found * self.found,
-        }
+        return {name: getattr(weights, name) * float(getattr(self, name) or 0.0)
+                for name in REWARD_PARTS}
+
+
+REWARD_PARTS = tuple(f.name for f in fields(RewardParts))
 
 
 def total_reward(parts: RewardParts, weights: RewardWeights) -> float:

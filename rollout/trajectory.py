@@ -8,79 +8,56 @@ retrieval results, the weight version it used).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import pyarrow as pa
 
-TURN_SCHEMA = pa.schema([
-    ("episode_id", pa.string()),  # f"{query_id}#{sample}"
-    ("query_id", pa.string()),
-    ("sample", pa.int32()),  # index inside the GRPO group
-    ("turn", pa.int32()),  # 1-based
-    ("query_text", pa.string()),
-    ("gt_video_id", pa.string()),
-    ("gt_start", pa.float64()),
-    ("gt_end", pa.float64()),
-    ("video_id", pa.string()),  # the top-1 shown in this turn
-    ("video_path", pa.string()),
-    ("frame_times", pa.list_(pa.float64())),  # the decoded frames' timestamps
-    ("retrieved_ids", pa.list_(pa.string())),
-    ("retrieved_scores", pa.list_(pa.float32())),
-    ("prompt_ids", pa.list_(pa.int32())),  # vision placeholders expanded
-    ("response_ids", pa.list_(pa.int32())),
-    ("sampling_logprobs", pa.list_(pa.float32())),
-    ("loss_mask", pa.list_(pa.int8())),  # over prompt_ids + response_ids: 1 = generated
-    ("response_text", pa.string()),
-    ("answer", pa.string()),
-    ("pred_start", pa.float64()),
-    ("pred_end", pa.float64()),
-    ("soft_tokens", pa.list_(pa.list_(pa.float32()))),  # [N, D], empty when none
-    ("refined_scores", pa.list_(pa.float32())),  # [pos, negs...] of the refined query
-    ("reward_format", pa.float64()),
-    ("reward_verification", pa.float64()),
-    ("reward_retrieval", pa.float64()),
-    ("reward_grounding", pa.float64()),
-    ("reward_found", pa.float64()),
-    ("reward", pa.float64()),
-    ("episode_reward", pa.float64()),
-    ("is_final", pa.bool_()),
-    ("weight_version", pa.int64()),
-])
+
+def column(arrow: pa.DataType, default=MISSING, **kwargs):
+    """A Turn field and its Arrow type, declared together so the schema cannot drift."""
+    if isinstance(default, list):
+        kwargs["default_factory"] = list
+    elif default is not MISSING:
+        kwargs["default"] = default
+    return field(metadata={"arrow": arrow}, **kwargs)
 
 
 @dataclass
 class Turn:
-    episode_id: str
-    query_id: str
-    sample: int
-    turn: int
-    query_text: str
-    gt_video_id: str
-    gt_start: float
-    gt_end: float
-    video_id: str
-    video_path: str
-    frame_times: list[float]
-    retrieved_ids: list[str]
-    retrieved_scores: list[float]
-    prompt_ids: list[int]
-    response_ids: list[int]
-    sampling_logprobs: list[float]
-    response_text: str
-    answer: str | None = None
-    pred_start: float | None = None
-    pred_end: float | None = None
-    soft_tokens: list[list[float]] = field(default_factory=list)
-    refined_scores: list[float] = field(default_factory=list)
-    reward_format: float = 0.0
-    reward_verification: float = 0.0
-    reward_retrieval: float = 0.0
-    reward_grounding: float = 0.0
-    reward_found: float = 0.0  # 1.0 when the turn accepted the ground-truth video
-    reward: float = 0.0
-    episode_reward: float = 0.0  # what GRPO normalises; every turn of an episode holds it
-    is_final: bool = False
-    weight_version: int = 0
+    episode_id: str = column(pa.string())  # f"{query_id}#{sample}"
+    query_id: str = column(pa.string())
+    sample: int = column(pa.int32())  # index inside the GRPO group
+    turn: int = column(pa.int32())  # 1-based
+    query_text: str = column(pa.string())
+    gt_video_id: str = column(pa.string())
+    gt_start: float = column(pa.float64())
+    gt_end: float = column(pa.float64())
+    video_id: str = column(pa.string())  # the top-1 shown in this turn
+    video_path: str = column(pa.string())
+    frame_times: list[float] = column(pa.list_(pa.float64()))  # the decoded frames' timestamps
+    retrieved_ids: list[str] = column(pa.list_(pa.string()))
+    retrieved_scores: list[float] = column(pa.list_(pa.float32()))
+    prompt_ids: list[int] = column(pa.list_(pa.int32()))  # vision placeholders expanded
+    response_ids: list[int] = column(pa.list_(pa.int32()))
+    sampling_logprobs: list[float] = column(pa.list_(pa.float32()))
+    response_text: str = column(pa.string())
+    answer: str | None = column(pa.string(), None)
+    pred_start: float | None = column(pa.float64(), None)
+    pred_end: float | None = column(pa.float64(), None)
+    soft_tokens: list[list[float]] = column(pa.list_(pa.list_(pa.float32())), [])  # [N, D]
+    refined_scores: list[float] = column(pa.list_(pa.float32()), [])  # [pos, negs...] refined
+    # One per rollout.rewards.REWARD_PARTS, weighted; found is 1.0 when the turn accepted the
+    # ground-truth video.
+    reward_format: float = column(pa.float64(), 0.0)
+    reward_verification: float = column(pa.float64(), 0.0)
+    reward_retrieval: float = column(pa.float64(), 0.0)
+    reward_grounding: float = column(pa.float64(), 0.0)
+    reward_found: float = column(pa.float64(), 0.0)
+    reward: float = column(pa.float64(), 0.0)
+    # What GRPO normalises; every turn of an episode holds it.
+    episode_reward: float = column(pa.float64(), 0.0)
+    is_final: bool = column(pa.bool_(), False)
+    weight_version: int = column(pa.int64(), 0)
 
     @property
     def loss_mask(self) -> list[int]:
@@ -90,6 +67,11 @@ class Turn:
         row = asdict(self)
         row["loss_mask"] = self.loss_mask
         return row
+
+
+# loss_mask: over prompt_ids + response_ids, 1 = generated (derived, written for readers).
+TURN_SCHEMA = pa.schema([(f.name, f.metadata["arrow"]) for f in fields(Turn)]
+                        + [("loss_mask", pa.list_(pa.int8()))])
 
 
 def turns_to_table(turns: list[Turn]) -> pa.Table:

@@ -187,8 +187,7 @@ def pretrain_policy(policy_dir: Path, corpus: SynthCorpus, video: VideoConfig,
     rows, shown = {}, {}
     for r in pq.read_table(corpus.videos_path).to_pylist():
         vid = r["video_id"]
-        frames = decode_video(corpus.out_dir / r["path"], video.fps, video.max_frames,
-                              video.max_pixels, video.min_pixels)
+        frames = decode_video(corpus.out_dir / r["path"], video, cache=False)
         rows[vid] = caption_row(processor, scenes[vid], frames)
         shown[vid] = shown_per_patch(scenes[vid], frames, temporal_patch)
     heldout = sorted(v for v in rows if split.get(v) == "test")

@@ -62,7 +62,7 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
         out = f"{work}/eval/{tag}"
         table = pq.read_table(f"{out}/predictions.parquet")
         assert table.num_rows >= results["eval"][tag]["final"]["num_queries"] > 0
-        assert all(isinstance(t, str) for t in table.column("response").to_pylist())
+        assert all(isinstance(t, str) for t in table.column("response_text").to_pylist())
         rewards = table.column("episode_reward").to_pylist()
         assert min(rewards) <= results["eval"][tag]["final"]["reward"] <= max(rewards)
         refined = sum(t >= 2 for t in table.column("turn").to_pylist())  # SQR vs next result

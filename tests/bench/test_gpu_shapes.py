@@ -31,8 +31,7 @@ def test_a_cut_of_the_2b_shape_takes_the_presets_video_prompt(tmp_path):
     policy_dir = build_model(tmp_path / "policy", cfg, tokenizer, config)
     corpus = preset_videos(cfg, 1, tmp_path / "corpus")
     v = cfg.video
-    video = decode_video(corpus.out_dir / "videos/synth_0000.mp4", v.fps, v.max_frames,
-                         v.max_pixels, v.min_pixels)
+    video = decode_video(corpus.out_dir / "videos/synth_0000.mp4", v)
     assert video.frames.shape[0] == v.max_frames and video.frames.shape[1:3] == (448, 448)
     inputs = hf_turn_inputs(load_processor(policy_dir), "a query", video)
     model, heads = load_policy(policy_dir)

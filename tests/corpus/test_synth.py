@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from config.schema import SynthConfig
+from config.schema import SynthConfig, VideoConfig
 from corpus.schema import QUERY_SCHEMA, VIDEO_SCHEMA
 from corpus.synth import BACKGROUNDS, COLOURS, generate_corpus, moments_of, splits_of
 from corpus.tables import load_corpus
@@ -34,7 +34,7 @@ def manifest(corpus) -> dict:
 def frames(corpus):
     """Every video decoded at 1 fps, the rate the policy sees."""
     rows = pq.read_table(corpus.videos_path).to_pylist()
-    return {r["video_id"]: decode_video(corpus.out_dir / r["path"], 1.0, 64, 64 * 64) for r in rows}
+    return {r["video_id"]: decode_video(corpus.out_dir / r["path"], VideoConfig(fps=1.0, max_frames=64, max_pixels=64 * 64, min_pixels=0)) for r in rows}
 
 
 def colour_pixels(frame: np.ndarray, rgb) -> int:
@@ -71,7 +71,7 @@ def test_deterministic_and_idempotent(corpus, frames, tmp_path):
     for name in ("videos.parquet", "queries.parquet", "manifest.json"):
         assert (tmp_path / name).read_bytes() == (corpus.out_dir / name).read_bytes()
     for vid, decoded in frames.items():
-        again = decode_video(tmp_path / "videos" / f"{vid}.mp4", 1.0, 64, 64 * 64)
+        again = decode_video(tmp_path / "videos" / f"{vid}.mp4", VideoConfig(fps=1.0, max_frames=64, max_pixels=64 * 64, min_pixels=0))
         np.testing.assert_array_equal(again.frames, decoded.frames)
 
     files = [other.videos_path, other.queries_path, other.manifest_path, tmp_path / "videos/synth_0000.mp4"]

@@ -4,7 +4,7 @@ import av
 import numpy as np
 import pytest
 
-from config.schema import SynthConfig
+from config.schema import SynthConfig, VideoConfig
 from corpus.synth import generate_corpus
 from corpus.video import (
     CorruptVideoError,
@@ -42,21 +42,33 @@ def test_probe(clip):
 
 
 def test_one_frame_per_second(clip):
-    v = decode_video(clip, fps=1.0, max_frames=64, max_pixels=64 * 64)
+    v = decode_video(clip, VideoConfig(fps=1.0, max_frames=64, max_pixels=64 * 64, min_pixels=0))
     assert v.frames.shape == (12, 64, 64, 3) and v.frames.dtype == np.uint8
     np.testing.assert_array_equal(v.timestamps, np.arange(12.0))
     assert (v.duration_s, v.source_fps) == (12.0, 4.0)
 
 
+def test_decoding_is_cached_per_file_identity_and_settings(tmp_path):
+    path = write_clip(tmp_path / "c.mp4", frames=8, height=64, width=64)
+    video = VideoConfig(fps=1.0, max_frames=8, max_pixels=64 * 64)
+    first = decode_video(path, video)
+    assert decode_video(path, video) is first
+    assert decode_video(path, VideoConfig(fps=2.0, max_frames=8, max_pixels=64 * 64)) is not first
+    assert decode_video(path, video, cache=False) is not first
+    write_clip(path, frames=16, height=64, width=64)  # the same path, another file
+    again = decode_video(path, video)
+    assert again is not first and again.duration_s == 4.0 and first.duration_s == 2.0
+
+
 def test_frames_match_their_timestamps(clip):
-    every = decode_video(clip, fps=4.0, max_frames=64, max_pixels=64 * 64)
+    every = decode_video(clip, VideoConfig(fps=4.0, max_frames=64, max_pixels=64 * 64, min_pixels=0))
     assert len(every.frames) == 48
-    sparse = decode_video(clip, fps=1.0, max_frames=64, max_pixels=64 * 64)
+    sparse = decode_video(clip, VideoConfig(fps=1.0, max_frames=64, max_pixels=64 * 64, min_pixels=0))
     np.testing.assert_array_equal(sparse.frames, every.frames[::4])
 
 
 def test_max_frames_subsamples_the_whole_video(clip):
-    v = decode_video(clip, fps=2.0, max_frames=8, max_pixels=64 * 64)
+    v = decode_video(clip, VideoConfig(fps=2.0, max_frames=8, max_pixels=64 * 64, min_pixels=0))
     assert v.frames.shape[0] == 8
     assert v.timestamps[0] == 0.0 and v.timestamps[-1] == 11.5  # spans the video, not its start
     steps = np.diff(v.timestamps)
@@ -64,10 +76,10 @@ def test_max_frames_subsamples_the_whole_video(clip):
 
 
 def test_sampling_rate_below_one_frame_still_gives_a_frame(clip, tmp_path):
-    v = decode_video(clip, fps=0.01, max_frames=64, max_pixels=64 * 64)
+    v = decode_video(clip, VideoConfig(fps=0.01, max_frames=64, max_pixels=64 * 64, min_pixels=0))
     np.testing.assert_array_equal(v.timestamps, [0.0])
     short = write_clip(tmp_path / "short.mp4", frames=1, height=64, width=64)
-    v = decode_video(short, fps=1.0, max_frames=64, max_pixels=64 * 64)
+    v = decode_video(short, VideoConfig(fps=1.0, max_frames=64, max_pixels=64 * 64, min_pixels=0))
     assert v.frames.shape == (1, 64, 64, 3) and v.duration_s == 0.25
 
 
@@ -76,13 +88,13 @@ def test_sampling_rate_below_one_frame_still_gives_a_frame(clip, tmp_path):
     [(64 * 64, 32 * 32, (64, 64)), (32 * 32, 0, (32, 32)), (128 * 128 * 2, 100 * 100, (128, 128))],
 )
 def test_resize_budget(clip, max_pixels, min_pixels, shape):
-    v = decode_video(clip, fps=1.0, max_frames=4, max_pixels=max_pixels, min_pixels=min_pixels)
+    v = decode_video(clip, VideoConfig(fps=1.0, max_frames=4, max_pixels=max_pixels, min_pixels=min_pixels))
     assert v.frames.shape[1:3] == shape
 
 
 def test_resize_keeps_aspect_within_budget(tmp_path):
     wide = write_clip(tmp_path / "wide.mp4", frames=4, height=96, width=192)
-    v = decode_video(wide, fps=1.0, max_frames=4, max_pixels=64 * 64)
+    v = decode_video(wide, VideoConfig(fps=1.0, max_frames=4, max_pixels=64 * 64, min_pixels=0))
     assert v.frames.shape[1:3] == (32, 64)
 
 
@@ -115,7 +127,7 @@ def test_bad_files_raise_typed_errors(clip, tmp_path, content, error):
     path = tmp_path / "bad.mp4"
     if content is not None:
         path.write_bytes(content(clip))
-    for call in (lambda: decode_video(path, 1.0, 8, 64 * 64), lambda: probe_video(path)):
+    for call in (lambda: decode_video(path, VideoConfig(fps=1.0, max_frames=8, max_pixels=64 * 64)), lambda: probe_video(path)):
         with pytest.raises(error) as info:
             call()
         assert isinstance(info.value, VideoDecodeError)

@@ -15,7 +15,7 @@ def row(qid, turn, gt, pred, answer, span, final, gt_span=(0.0, 10.0), **extra):
         "gt_video_id": gt,
         "gt_start": gt_span[0],
         "gt_end": gt_span[1],
-        "pred_video_id": pred,
+        "video_id": pred,
         "answer": answer,
         "pred_start": ps,
         "pred_end": pe,
@@ -142,7 +142,7 @@ def test_empty_input():
 def test_tvr_submission(tmp_path):
     rows = [
         *ROWS,
-        row(7, 1, "v2", "v2", "matched", (float("nan"), 3.0), True, desc="a dog", score=0.25),
+        row(7, 1, "v2", "v2", "matched", (float("nan"), 3.0), True, query_text="a dog", retrieved_scores=[0.25, 0.1]),
         row("q5", 1, "v1", None, None, None, True),
     ]
     path = write_tvr_submission(
@@ -174,7 +174,7 @@ def test_tvr_unknown_video(tmp_path):
 
 
 def test_tvr_from_table_keeps_int_ids(tmp_path):
-    rows = [{**r, "query_id": int(r["query_id"][1:]), "score": 0.5} for r in ROWS]
+    rows = [{**r, "query_id": int(r["query_id"][1:]), "retrieved_scores": [0.5]} for r in ROWS]
     videos = ["v1", "v2", "v3", "v4", "v7", "v8", "v9"]
     path = write_tvr_submission(pa.Table.from_pylist(rows), tmp_path / "t.json", videos)
     vcmr = json.loads(path.read_text())["VCMR"]

@@ -50,7 +50,7 @@ def grpo_turns(cfg, model_dirs, processor, corpus_rows) -> list[Turn]:
     turns = []
     for q in queries[:2]:
         path = paths[q["video_id"]]
-        video = decode_video(path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+        video = decode_video(path, v)
         prompt = hf_turn_inputs(processor, q["text"], video)["input_ids"][0].tolist()
         for g, text in enumerate(RESPONSES):
             response = processor.tokenizer(text, add_special_tokens=False).input_ids

@@ -17,7 +17,7 @@ def response_logprobs(model, turns: list[Turn], processor, cfg) -> list[torch.Te
     with torch.no_grad():
         for t in turns:
             ids = t.prompt_ids + t.response_ids
-            video = decode_video(t.video_path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+            video = decode_video(t.video_path, v)
             logits = model(input_ids=torch.tensor([ids]), mm_token_type_ids=mm_token_type_ids(processor, ids),
                            **hf_video_inputs(processor, video)).logits[0, :-1]
             lp = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]

@@ -173,7 +173,7 @@ def test_weight_sync_makes_vllm_greedy_equal_the_learner(group, learner_cfg, mod
         ray.kill(worker)
 
     v = cfg.video
-    video = decode_video(turn.video_path, v.fps, v.max_frames, v.max_pixels, v.min_pixels)
+    video = decode_video(turn.video_path, v)
     inputs = hf_turn_inputs(processor, turn.query_text, video)
     stop = [processor.tokenizer.convert_tokens_to_ids("<REFINE>"), processor.tokenizer.eos_token_id]
 

@@ -48,8 +48,7 @@ def world(cfg, model_dirs, synth):
     ids = sorted(corpus.video_paths)
     v = cfg.video
     vecs = np.concatenate([
-        embedder.encode_videos([decode_video(corpus.video_path(i), v.fps, v.max_frames, v.max_pixels,
-                                             v.min_pixels)]) for i in ids])
+        embedder.encode_videos([decode_video(corpus.video_path(i), v)]) for i in ids])
     shard = Shard.build(vecs, ids, RetrievalConfig(index_type=IndexType.flat))
     policy = LocalPolicy(cfg, str(model_dirs[0]))
     yield corpus, LocalRetriever(embedder, shard), policy

@@ -43,9 +43,11 @@ def hf_policy(model_dirs):
 
 @pytest.fixture(scope="module")
 def video(synth):
+    from config.schema import VideoConfig
     from corpus.video import decode_video
 
-    return decode_video(synth.out_dir / "videos" / "synth_0000.mp4", 1.0, 8, 4096, 1024)
+    return decode_video(synth.out_dir / "videos" / "synth_0000.mp4",
+                        VideoConfig(fps=1.0, max_frames=8, max_pixels=4096, min_pixels=1024))
 
 
 def _greedy(engine, max_tokens=12):

@@ -33,8 +33,7 @@ def test_caption_row_learns_only_the_caption(model_dirs, synth, cfg):
     processor = load_processor(model_dirs[0])
     scene = scenes_of(synth)["synth_0000"]
     v = cfg.video
-    frames = decode_video(synth.out_dir / "videos" / "synth_0000.mp4", v.fps, v.max_frames,
-                          v.max_pixels, v.min_pixels)
+    frames = decode_video(synth.out_dir / "videos" / "synth_0000.mp4", v)
     row = caption_row(processor, scene, frames)
     learned = [t for t, m in zip(row.ids, row.mask, strict=True) if m]
     assert processor.tokenizer.decode(learned) == caption(scene) + "<|im_end|>"
