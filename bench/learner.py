@@ -1,4 +1,4 @@
-"""Learner speed on the GRPO workload (DESIGN.md §6: P=4 prompts x G=8 samples, 128-token
+"""Learner speed on the GRPO workload (docs/design.md §6: P=4 prompts x G=8 samples, 128-token
 completions, here with the tiny Qwen3-VL and a video prefix), and weight-sync cost.
 
 Step time: one GRPO step (one optimizer update, cpu_tiny's KL beta: 0, no reference forward)

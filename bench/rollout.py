@@ -1,4 +1,4 @@
-"""Rollout speed on the GRPO workload (DESIGN.md §6): P prompts with a long shared
+"""Rollout speed on the GRPO workload (docs/design.md §6): P prompts with a long shared
 video prefix, G samples each, response lengths that differ between samples.
 
 vLLM (the PolicyEngine a PolicyWorker hosts) against transformers `generate` on the

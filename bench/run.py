@@ -1,4 +1,5 @@
-"""Runs the benchmarks, writes bench/results.json and the table in BENCHMARKS.md."""
+"""Runs the benchmarks and writes every number to bench/results.json (BENCHMARKS.md summarises
+them)."""
 
 from __future__ import annotations
 

@@ -147,8 +147,9 @@ def serve(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> Non
     from actors.driver import init_ray
     from actors.retrieval import start_retrieval
     from retrieval_service.serve_app import serve_retrieval
+    from tiny.build import with_tiny_models
 
-    cfg = _cfg(config, overrides)
+    cfg = with_tiny_models(_cfg(config, overrides))
     init_ray(cfg)
     router = start_retrieval(cfg, Path(cfg.paths.workdir) / "index")
     console.print(f"serving on {serve_retrieval(router, cfg.retrieval)} (Ctrl-C to stop)")
@@ -158,7 +159,7 @@ def serve(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> Non
 
 @app.command()
 def bench(only: str = typer.Option("", help="comma-separated benchmark names")) -> None:
-    """Run the benchmarks; results go to bench/results.json and BENCHMARKS.md."""
+    """Run the benchmarks; results go to bench/results.json (summarised in BENCHMARKS.md)."""
     from bench.run import main
 
     sys.exit(main([n for n in only.split(",") if n]))

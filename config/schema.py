@@ -55,21 +55,16 @@ class TinyEmbedderPretrainConfig:
 
 @dataclass
 class TinyPolicyPretrainConfig:
-    # Captions need no unique descriptions; 256 videos were memorised (held-out caption
-    # cross-entropy 0.25 against 0.02 on training videos), 2048 are not (0.116 on both).
+    # Fewer videos are memorised rather than learnt (docs/experiments.md, "Tiny models").
     num_videos: int = 2048
-    # From the caption loss alone shapes and motions are learnt late (teacher-forced,
-    # held-out: shape / motion / colour words right 60 / 45 / 98 % after 800 steps, about
-    # 83 / 96 / 99 % after 1600); with the patch probes below 80 / 94 / 98 % after 800.
     steps: int = 800
     batch_size: int = 8
-    # Text-only rows of the trace's check per step, beside the batch_size videos (see
-    # tiny.policy_pretrain). 800 steps with 4: held-out "same" / "differs" words right 98 / 99 %,
-    # caption CE 0.161, 5.2 min; with 8: 100 / 95 %, CE 0.179, 7.6 min.
+    # Text-only rows of the trace's check per step, beside the batch_size videos: the
+    # comparison needs no video, and a few SFT examples do not teach it.
     compare_batch_size: int = 4
     # Weight of the linear probes of each temporal patch's colours/shapes/motions on the
-    # vision tower's output (tiny.policy_pretrain.PatchProbes); 0 = the caption loss alone.
-    # Same step time (a forward hook reads the tower's output); caption CE 0.161 -> 0.056.
+    # vision tower's output (tiny.policy_pretrain.PatchProbes): they give the tower a direct
+    # signal the caption loss alone reaches late; 0 = the caption loss alone.
     probe_weight: float = 1.0
     lr: float = 1.0e-3
     warmup_steps: int = 30
@@ -88,7 +83,8 @@ class TinyPretrainConfig:
 
 @dataclass
 class ModelConfig:
-    # A local Hugging Face directory, or "tiny" to build (once) and use the tiny model.
+    # A local Hugging Face directory, or "tiny": the entry points build (once) the tiny model
+    # and put its directory here (tiny.build.with_tiny_models).
     policy: str = "tiny"
     embedder: str = "tiny"
     dtype: str = "float32"
@@ -143,7 +139,7 @@ class RetrievalConfig:
 @dataclass
 class SQRConfig:
     # N latent slot tokens follow <REFINE>; their final hidden states, through the refine
-    # projector, are the soft query tokens (README: "Soft Query Refinement inside vLLM").
+    # projector, are the soft query tokens (docs/design.md, "Soft tokens inside vLLM").
     num_tokens: int = 8
 
 
@@ -168,10 +164,8 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     max_model_len: int = 4096
     enable_prefix_caching: bool = True
-    # False: vLLM compiles the language model (torch.compile; on GPU also CUDA graphs). On
-    # CPU a decode step of the tiny policy takes ~7 ms instead of ~11 ms, for ~8 s more at
-    # an engine start (~25 s the first time on a machine, before torch inductor's cache is
-    # filled). True: eager PyTorch, for quick starts when debugging.
+    # False: vLLM compiles the language model (torch.compile; on GPU also CUDA graphs): faster
+    # decode steps for seconds more at each engine start. True: eager, for quick debugging.
     enforce_eager: bool = False
     # Tokens per KV-cache block; None: vLLM's default (128 on CPU, 16 on GPU). Prefix caching
     # reuses whole blocks only, so a soft-token capture recomputes its sequence from the last
@@ -185,10 +179,9 @@ class RewardConfig:
     verification: float = 1.0
     retrieval: float = 0.5
     grounding: float = 1.0
-    # Paid when an episode accepts the ground-truth video (it found it). With +-1 verification
-    # alone, rejecting every video is the best a weak verifier can do when the top-1 is mostly
-    # wrong: GRPO learnt exactly that (VER 97 %, VR 3 %) and the reward rated it above SFT.
-    # Worth two right verdicts, so that finding the moment beats rejecting everything.
+    # Paid when an episode accepts the ground-truth video. With +-1 verdicts alone, rejecting
+    # everything is the best a weak verifier can do when the top-1 is mostly wrong; worth two
+    # right verdicts, finding the moment beats that (docs/experiments.md, "Episode reward").
     found: float = 2.0
     retrieval_improvement: bool = False
 
@@ -209,11 +202,9 @@ class LearnerConfig:
     kl_beta: float = 0.01
     kl_estimator: KLEstimator = KLEstimator.k3
     loss_aggregation: LossAggregation = LossAggregation.token_mean
-    # Dr. GRPO: advantages are reward - group mean, not divided by the group's std. Dividing
-    # makes every group push with the same force, so the many groups whose top-1 is wrong
-    # (small reward spread) outvote the few that found the video (large spread): on the tiny
-    # default that drove the verdict to not_matched (eval reward 0.59 -> 0.28); without it
-    # GRPO raised it on both seeds measured (README, "Seeds and variants").
+    # Dr. GRPO: advantages are reward - group mean, not divided by the group's std, which
+    # lets the many wrong-top-1 groups (small spread) outvote the few that found the video
+    # (docs/experiments.md, "GRPO's learner choices").
     std_normalize_advantages: bool = False
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
@@ -253,8 +244,7 @@ class ResourcesConfig:
     gpus_per_index_shard: float = 0.0
     cpus_per_actor: float = 1.0  # policy workers, index shards, query encoder
     # Ray gives an actor as many torch/OpenMP threads as CPUs it asks for. On CPU the learner
-    # gains from more (a tiny-default GRPO learner pass 25 % faster on 2 than on 1), the vLLM
-    # engine does not (its rollouts 40 % slower on 2 threads: its ops are too small to split).
+    # gains from more; the vLLM engine does not (its ops are too small to split).
     cpus_per_learner_rank: float = 1.0
     # Ask each actor for one unit of its role's custom resource ("rollout", "learner",
     # "retrieval") as the cluster YAMLs in cluster/ advertise them per node type.

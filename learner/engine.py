@@ -93,10 +93,8 @@ def ds_config(lcfg: LearnerConfig, world: int, overrides: dict | None = None) ->
 def sft_schedule(steps: int, lcfg: LearnerConfig) -> dict:
     """ds_config overrides for SFT's learning rate: linear warm-up, then cosine decay.
 
-    At a constant 1e-3 up to the last step, SFT ended wherever its last batches had pushed it;
-    a decaying rate ends on an average of the data. It does not make the tiny policy's verdict
-    prior stable: that still moves with the data order (measured with the decay, 34 test
-    queries: seed 0 accepted 71 % of right and 57 % of wrong videos shown, seed 1 47 % / 21 %).
+    At a constant rate up to the last step, SFT ends wherever its last batches pushed it; a
+    decaying rate ends on an average of the data.
     """
     if steps < 1 or not 0 <= lcfg.sft_warmup_fraction < 1 or not 0 <= lcfg.sft_min_lr_ratio <= 1:
         raise ValueError(f"SFT schedule needs steps >= 1, a warm-up fraction in [0, 1) and a "

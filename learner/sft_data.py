@@ -7,14 +7,11 @@ time order, in the sentence the pretrained policy describes videos with; for the
 corpus every event, so the trace holds the very caption the policy was pretrained to write,
 and SFT does not teach it to leave events out), each followed by a word-by-word check of the
 query against it, then the verdict: which of them is the query, or none. A bare "shows /
-does not show" verdict puts the whole decision on one early token, and the tiny policy learnt
-only a prior from it (VER 50 % on the test split); a verdict right after the captions left it
-comparing whole sentences, which it did not learn either (text-only, 600 steps: chance).
-The check writes each query word next to the caption's word in its place, then "same" or
-"differs": every comparison is between two adjacent tokens, which it does learn (text-only,
-the "differs" words went 0 -> 85 % right in 600 steps), and the verdict follows the checks.
-A check right after its caption copies from a fixed distance back; one check at the end,
-against the caption chosen by the query's first word, was copied wrong in 40 of 64 test turns.
+does not show" verdict puts the whole decision on one early token, from which the tiny policy
+learns only a prior. The check writes each query word next to the caption's word in its place,
+then "same" or "differs": every comparison is between two adjacent tokens, which it does
+learn, and the verdict follows the checks. A check right after its caption copies from a fixed
+distance back (docs/experiments.md, "The comparing verifier").
 
 The wrong top-1 shown is the best-ranked wrong *annotated training* video of the unrefined
 query's search (what the agent would really have been shown; only training annotations may

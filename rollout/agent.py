@@ -71,10 +71,9 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
     """One episode of at most T turns; returns its turn records (the last is final).
 
     Only a parseable `not_matched` refines and searches again: with no verdict there is no
-    action to take, so the episode ends there as a failure. (Refining after unparseable output
-    let GRPO reward it whenever a later turn found the video: unparseable turns rose from 1 of
-    68 at the first step to 34 of 81 at the eleventh, seed 1 of the tiny default.) A refined
-    search never shows a video this episode rejected (`_unseen`)."""
+    action to take, so the episode ends there as a failure (otherwise GRPO rewards unparseable
+    output whenever a later turn finds the video). A refined search never shows a video this
+    episode rejected (`_unseen`)."""
     k, n_neg = cfg.retrieval.topk, cfg.learner.infonce_negatives
     result = await retriever.search(query.text, None, k)
     turns: list[Turn] = []

@@ -122,9 +122,8 @@ def episode_total(turns: Sequence[RewardParts], weights: RewardWeights) -> float
     found the final turn's.
 
     A plain mean of turn rewards can be diluted: rejecting the ground truth at turn 1 and then
-    rightly rejecting two wrong videos scored (-1 + 1 + 1) / 3 on verification. GRPO found
-    that within 16 steps (measured: VER 97 %, VR 3 %, eval reward up from 0.69 to 1.08 while
-    the agent found nothing). Under the worst judgement one wrong verdict costs the whole
+    rightly rejecting two wrong videos scores (-1 + 1 + 1) / 3 on verification, which GRPO
+    learns to exploit. Under the worst judgement one wrong verdict costs the whole
     verification reward, whatever follows.
     """
     if not turns:

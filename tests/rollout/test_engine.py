@@ -129,7 +129,7 @@ def test_image_greedy_matches_transformers(engine, hf_policy, video):
 
 def test_video_matches_transformers_to_logprob_level(engine, hf_policy, video):
     """Greedy tokens alone could hide mis-scaled pixels on a random tiny model, so the
-    first step's log-probs are compared too (DESIGN.md §4's open problem)."""
+    first step's log-probs are compared too (docs/design.md §4's open problem)."""
     from rollout.prompts import hf_video_inputs, prompt_ids, vllm_video_data
 
     eng, processor = engine
