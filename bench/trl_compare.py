@@ -46,12 +46,12 @@ import time
 from pathlib import Path
 
 P, G, MAX_TOKENS, STEPS = 4, 8, 128, 6  # STEPS includes the warm-up step
-# cpu_tiny's GRPO turns (make train, 2026-11-30): 159 prompt tokens (query, video, instructions),
-# up to rollout.sampling.max_tokens = 160 response tokens
+# The shape of cpu_tiny's GRPO turns: 159 prompt tokens (query, video, instructions), up to
+# rollout.sampling.max_tokens = 160 response tokens
 JOB_PROMPT_TOKENS, JOB_MAX_TOKENS = 159, 160
 MICRO_BATCH = 8
-# One run of each side read anywhere from 0.95x to 1.61x on the same code within an hour
-# (2026-11-30): this machine's speed drifts, so each side runs several times, interleaved.
+# This machine's speed drifts within an hour (single runs of the same code read 0.95-1.61x),
+# so each side runs several times, interleaved.
 ROUNDS = 3
 SIDE_TIMEOUT_S = 3600
 

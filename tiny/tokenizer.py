@@ -42,9 +42,8 @@ CHAT_TEMPLATE = (
 def _training_text() -> list[str]:
     """What the system writes and reads: the synthetic corpus's queries, the captions, checks
     and verdicts of the SFT traces, the prompts, frame timestamps and answer tags. Every word of it
-    ends up one token (the corpus's words are few), so a caption-and-verdict trace was 33 tokens
-    instead of 57 spelt in pieces (measured before the checks), and the loss falls on words that
-    carry meaning."""
+    ends up one token (the corpus's words are few), so traces are short and the loss falls on
+    words that carry meaning."""
     queries = [describe(*x) for x in itertools.product(COLOURS, SHAPES, MOTIONS, BACKGROUNDS)]
     spans = [(s, s + d) for s in range(12) for d in range(2, 7)]
     skip = template_words(queries)
