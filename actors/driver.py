@@ -246,10 +246,31 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
             "last_reward": history[-1]["reward_total"] if history else None}
 
 
+def ray_job_copy() -> Path | None:
+    """The directory `ray job submit` unpacked the submitted working_dir into, when this
+    process is such a job's entrypoint (it is its cwd); else None."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return Path.cwd() if (job.get("runtime_env") or {}).get("working_dir") else None
+
+
+def check_outputs_outlive_the_job(cfg: Config) -> None:
+    """A submitted job runs in Ray's temporary copy of the submitted directory, which goes
+    with the Ray session: outputs written under it would be lost."""
+    copy = ray_job_copy()
+    for key in ("workdir", "model_cache"):
+        path = Path(getattr(cfg.paths, key))
+        if copy is not None and path.is_relative_to(copy):
+            raise ValueError(
+                f"paths.{key} is {path}, inside Ray's temporary copy of the submitted directory "
+                f"({copy}), which is deleted with the Ray session: pass an absolute path, e.g. "
+                f"paths.{key}=$PWD/runs/cpu_tiny on the command line you submit")
+
+
 def _prepare(cfg: Config) -> Session:
     from config.schema import CorpusSource
     from corpus.synth import generate_corpus, moments_of
 
+    check_outputs_outlive_the_job(cfg)
     work = Path(cfg.paths.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if cfg.corpus.source is CorpusSource.synth:
@@ -283,6 +304,7 @@ def run(cfg: Config, stages: str = "all", resume: bool = False) -> dict:
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES} or 'all'")
     _Stop.install()
+    print(f"workdir: {cfg.paths.workdir}", flush=True)
     started = time.perf_counter()
     s = open_session(cfg, with_workers=wanted != ("index",))
     try:
@@ -359,4 +381,5 @@ def _report(s: Session, evals: dict, out: Path, seconds: float) -> dict:
     if evals:
         print(comparison_table(evals))
     print(f"results -> {out}")
-    return {"seconds": summary["seconds"], "results": str(out / "results.json")}
+    return {"seconds": summary["seconds"], "workdir": str(s.work),
+            "results": str(out / "results.json")}

@@ -43,7 +43,15 @@ def load_config(preset: str | Path | None = "cpu_tiny", overrides: list[str] = (
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         raise ConfigError(f"bad config value for {key!r}: {exc.msg}") from None
-    return OmegaConf.to_object(merged)
+    cfg = OmegaConf.to_object(merged)
+    cfg.paths.workdir = _absolute(cfg.paths.workdir)
+    cfg.paths.model_cache = _absolute(cfg.paths.model_cache)
+    return cfg
+
+
+def _absolute(path: str) -> str:
+    """Actors and submitted jobs run in other directories: paths travel absolute."""
+    return str(Path(path).expanduser().absolute())
 
 
 def to_yaml(cfg: Config) -> str:

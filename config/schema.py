@@ -32,10 +32,12 @@ class CorpusSource(StrEnum):
 
 @dataclass
 class PathsConfig:
-    # Everything a run writes or caches (corpus, tiny models, index, checkpoints) lives here.
+    # Everything a run writes (corpus, index, checkpoints, results). A relative path is taken
+    # from the directory the command runs in and made absolute when the config is loaded.
     workdir: str = "runs/default"
-    # Where tiny models are built and cached; shared across runs.
-    model_cache: str = ".cache/models"
+    # Where tiny models are built and cached: the user's cache directory, shared by every
+    # clone, `make train`, tests' jobs and `ray job submit` on this machine.
+    model_cache: str = "${oc.env:XDG_CACHE_HOME,'~/.cache'}/videosearch-r1/models"
 
 
 @dataclass

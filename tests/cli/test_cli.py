@@ -50,3 +50,15 @@ def test_corpus_import_reports_bad_rows(tmp_path):
     assert "fig.jsonl:2" in out.output
     strict = runner.invoke(app, ["corpus", "import", "fig", str(ann), "--out", str(out_path), "--strict"])
     assert strict.exit_code == 1 and "fig.jsonl:2" in strict.output
+
+
+def test_another_python_is_told_to_use_the_projects_environment():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # -S: no site-packages, as on an interpreter without the project installed
+    out = subprocess.run([sys.executable, "-S", "-m", "cli", "train"], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 2
+    assert "lacks the project's packages" in out.stderr and ".venv" in out.stderr

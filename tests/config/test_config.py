@@ -53,3 +53,15 @@ def test_yaml_round_trip(tmp_path):
     path = tmp_path / "dump.yaml"
     path.write_text(to_yaml(cfg))
     assert load_config(path) == cfg
+
+
+def test_paths_are_absolute_and_models_cached_per_user(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cfg = load_config("cpu_tiny", ["paths.workdir=rel/run"])
+    assert cfg.paths.workdir == str(tmp_path / "rel" / "run")
+    assert cfg.paths.model_cache == str(tmp_path / "xdg" / "videosearch-r1" / "models")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert load_config("cpu_tiny").paths.model_cache == str(
+        tmp_path / "home" / ".cache" / "videosearch-r1" / "models")
