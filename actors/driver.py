@@ -369,17 +369,25 @@ def _weights_from_export(export: Path) -> Weights:
     return Weights(version=0, model_ref=ray.put(model), heads_ref=ray.put(heads))
 
 
+PAIRS = (("grpo", "sft"), ("sft", "untrained"))  # (better-hoped, baseline) of the same queries
+
+
 def _report(s: Session, evals: dict, out: Path, seconds: float) -> dict:
-    from evaluation.report import comparison_table, plot
+    from evaluation.metrics import paired
+    from evaluation.report import comparison_table, interval_table, plot
 
     out.mkdir(exist_ok=True)
-    summary = {"seconds": round(seconds, 1), "stages": s.results, "eval": evals,
+    differences = {f"{a}-{b}": paired(evals[a], evals[b]) for a, b in PAIRS
+                   if a in evals and b in evals}
+    summary = {"seconds": round(seconds, 1), "stages": s.results,
+               "eval": evals | ({"paired": differences} if differences else {}),
                "retried_episodes": s.pool.retried_episodes if s.pool else 0,
                "plot": str(plot(s.metrics.history, evals, out / "training.png"))}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "history.json").write_text(json.dumps(s.metrics.history, indent=2, default=float))
     if evals:
         print(comparison_table(evals))
+        print(interval_table(evals, differences))
     print(f"results -> {out}")
     return {"seconds": summary["seconds"], "workdir": str(s.work),
             "results": str(out / "results.json")}

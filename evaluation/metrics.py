@@ -5,7 +5,8 @@ answer, pred_start, pred_end, is_final``. Per query, on a given row:
 
 * VR: the top-1 retrieved video is the ground-truth video.
 * VER: the judgement is right, i.e. answered "matched" iff VR; no answer counts as wrong.
-* R1@θ (VCMR): VR, answered "matched", and IoU(predicted span, gt span) >= θ.
+* R1@θ (VCMR): VR, answered "matched", and IoU(predicted span, gt span) >= θ as computed;
+  a span with start > end, a missing or non-finite time is no moment (IoU 0).
 
 "final" scores each query on its final row; "per_turn" scores the rows of each turn, which
 shows what later turns of refinement add. final["VR@any"] counts the queries whose
@@ -27,12 +28,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from evaluation.bootstrap import mean_ci, paired_difference
 from rollout.rewards import temporal_iou
 
 Row = Mapping[str, Any]
-# IoU is a ratio of float differences: a span that is exactly at θ on paper can come out
-# a few ulps below it, and should still count.
-_IOU_EPS = 1e-9
 
 
 def as_rows(preds: pa.Table | Iterable[Row]) -> list[Row]:
@@ -53,22 +52,23 @@ def final_rows(rows: Iterable[Row]) -> list[Row]:
     return list(best.values())
 
 
+def _row_hits(row: Row, thresholds: Sequence[float]) -> dict[str, float]:
+    """One row's metrics as percentages (100 or 0)."""
+    vr = row.get("video_id") is not None and row["video_id"] == row["gt_video_id"]
+    answer = row.get("answer")
+    hits = {"VER": answer is not None and (answer == "matched") == vr, "VR": vr}
+    iou = temporal_iou((row.get("pred_start"), row.get("pred_end")),
+                       (row.get("gt_start"), row.get("gt_end"))) if vr and answer == "matched" else 0.0
+    for t in thresholds:  # as computed: a tolerance would count 0.2999... at 0.3
+        hits[f"R1@{t}"] = iou >= t
+    return {k: 100.0 * v for k, v in hits.items()}
+
+
 def _score(rows: Sequence[Row], thresholds: Sequence[float]) -> dict[str, float]:
     n = len(rows)
-    hits = {f"R1@{t}": 0 for t in thresholds} | {"VER": 0, "VR": 0}
-    for row in rows:
-        vr = row["video_id"] is not None and row["video_id"] == row["gt_video_id"]
-        answer = row.get("answer")
-        hits["VR"] += vr
-        hits["VER"] += answer is not None and (answer == "matched") == vr
-        if not (vr and answer == "matched"):
-            continue
-        iou = temporal_iou(
-            (row.get("pred_start"), row.get("pred_end")), (row["gt_start"], row["gt_end"])
-        )
-        for t in thresholds:
-            hits[f"R1@{t}"] += iou >= t - _IOU_EPS
-    out = {k: 100.0 * v / n if n else 0.0 for k, v in hits.items()}
+    keys = [f"R1@{t}" for t in thresholds] + ["VER", "VR"]
+    per_row = [_row_hits(r, thresholds) for r in rows]
+    out = {k: sum(h[k] for h in per_row) / n if n else 0.0 for k in keys}
     return out | {"num_queries": n}
 
 
@@ -83,11 +83,22 @@ def compute_metrics(
     last = final_rows(rows)
     final = _score(last, iou_thresholds)
     shown = {r["query_id"] for r in rows
-             if r["video_id"] is not None and r["video_id"] == r["gt_video_id"]}
+             if r.get("video_id") is not None and r["video_id"] == r["gt_video_id"]}
     final["VR@any"] = 100.0 * len(shown) / len(last) if last else 0.0
-    if last and all("episode_reward" in row for row in last):
-        final["reward"] = sum(float(row["episode_reward"]) for row in last) / len(last)
-    out = {"final": final, "per_turn": per_turn}
+    per_query = {}
+    for r in last:
+        values = _row_hits(r, iou_thresholds)
+        values["VR@any"] = 100.0 * (r["query_id"] in shown)
+        if r.get("episode_reward") is not None:  # a null is a query without a reward
+            values["reward"] = float(r["episode_reward"])
+        per_query[r["query_id"]] = values
+    rewards = [v["reward"] for v in per_query.values() if "reward" in v]
+    if rewards:
+        final["reward"] = sum(rewards) / len(rewards)
+    ci_keys = [k for k in final if k != "num_queries"]
+    final_ci = {k: list(mean_ci(vals)) for k in ci_keys
+                if (vals := [v[k] for v in per_query.values() if k in v])}
+    out = {"final": final, "final_ci": final_ci, "per_turn": per_turn, "per_query": per_query}
     if rows and all(row.get("retrieved_ids") is not None for row in rows):
         out["refinement"] = refinement_metrics(rows)
     return out
@@ -113,3 +124,16 @@ def refinement_metrics(rows: Sequence[Row]) -> dict[str, float]:
             shown.append(row["video_id"])
     return {"refined_turns": n, "VR_refined": 100.0 * refined / n if n else 0.0,
             "VR_next_in_ranking": 100.0 * nxt / n if n else 0.0}
+
+
+def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[float]]:
+    """{metric: [mean of a − b, low, high]} over the queries both evaluations hold (the paired
+    bootstrap: each resample draws the same queries for both policies)."""
+    qa, qb = a["per_query"], b["per_query"]
+    metrics = [k for k in a["final_ci"] if k in b["final_ci"]]
+    out = {}
+    for k in metrics:
+        va = {q: v[k] for q, v in qa.items() if k in v}
+        vb = {q: v[k] for q, v in qb.items() if k in v}
+        out[k] = list(paired_difference(va, vb))
+    return out

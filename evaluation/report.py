@@ -36,6 +36,38 @@ def comparison_table(evals: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+CI_COLUMNS = (*COLUMNS, "reward")
+
+
+def interval_table(evals: dict[str, dict], differences: dict[str, dict]) -> str:
+    """95 % bootstrap intervals over queries: each policy's final metrics, then each paired
+    difference (mean [low, high]); a difference whose interval holds 0 is not a result."""
+    head = f"{'95% CI':<14}" + "".join(f"{c:>20}" for c in CI_COLUMNS)
+    lines = [head, "-" * len(head)]
+
+    def cell(v, fmt):
+        return f"{'—':>20}" if v is None else f"{fmt(v):>20}"
+
+    for tag, m in evals.items():
+        ci = m.get("final_ci", {})
+        lines.append(f"{tag:<14}" + "".join(
+            cell(ci.get(c), lambda v, c=c: _interval(v, c)) for c in CI_COLUMNS))
+    for name, diff in differences.items():
+        lines.append(f"{name:<14}" + "".join(
+            cell(diff.get(c), lambda v, c=c: f"{_num(v[0], c)} {_interval(v[1:], c)}")
+            for c in CI_COLUMNS))
+    return "\n".join(lines)
+
+
+def _num(v: float, column: str) -> str:
+    return f"{v:+.2f}" if column == "reward" else f"{v:+.1f}"
+
+
+def _interval(v, column: str) -> str:
+    digits = 2 if column == "reward" else 1
+    return f"[{v[0]:.{digits}f},{v[1]:.{digits}f}]"
+
+
 def plot(history: list[dict], evals: dict[str, dict], path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     grpo = [h for h in history if h.get("stage") == "grpo" and "reward_total" in h]

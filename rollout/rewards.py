@@ -28,15 +28,15 @@ class RewardWeights(Protocol):
 
 
 def temporal_iou(pred: Sequence[float], gt: Sequence[float]) -> float:
-    """IoU of two [start, end] spans; 0 rather than an error for anything unusable."""
+    """IoU of two [start, end] spans as written; 0 rather than an error for anything that is no
+    moment: a non-number, a non-finite time, or a span whose start is after its end (a policy
+    that writes start 9, end 2 has not named the moment 2-9)."""
     try:
         ps, pe, gs, ge = (float(x) for x in (*pred, *gt))
     except (TypeError, ValueError, OverflowError):
         return 0.0
-    if not all(math.isfinite(x) for x in (ps, pe, gs, ge)):
+    if not all(math.isfinite(x) for x in (ps, pe, gs, ge)) or ps > pe or gs > ge:
         return 0.0
-    ps, pe = min(ps, pe), max(ps, pe)
-    gs, ge = min(gs, ge), max(gs, ge)
     inter = max(0.0, min(pe, ge) - max(ps, gs))
     union = (ge - gs) + (pe - ps) - inter
     return inter / union if union > 0 else 0.0

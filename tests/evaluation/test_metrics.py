@@ -1,4 +1,6 @@
 import json
+import math
+import random
 
 import pyarrow as pa
 import pytest
@@ -76,10 +78,79 @@ def test_custom_thresholds_and_row_order():
     )
 
 
-def test_iou_at_threshold_despite_float_error():
-    # (0.1, 0.3) vs (0.1, 0.5) is 0.5 on paper, 0.49999999999999994 in floats
+def test_iou_is_compared_with_the_threshold_as_computed():
+    # (0.1, 0.3) vs (0.1, 0.5) is 0.5 on paper, 0.49999999999999994 in floats: a miss at 0.5,
+    # as in the official evaluator (no tolerance turns 0.2999999999 into a hit either)
     m = compute_metrics([row("q", 1, "v", "v", "matched", (0.1, 0.3), True, gt_span=(0.1, 0.5))])
-    assert m["final"]["R1@0.5"] == 100.0 and m["final"]["R1@0.7"] == 0.0
+    assert m["final"]["R1@0.3"] == 100.0 and m["final"]["R1@0.5"] == 0.0
+
+
+@pytest.mark.parametrize("span, gt_span, hits", [
+    ((9.0, 2.0), (2.0, 9.0), (0, 0, 0)),  # reversed prediction: no moment, whatever it covers
+    ((2.0, 9.0), (9.0, 2.0), (0, 0, 0)),  # reversed ground truth
+    ((5.0, 5.0), (0.0, 10.0), (0, 0, 0)),  # zero-length prediction
+    ((0.0, 5.0), (5.0, 10.0), (0, 0, 0)),  # touching
+    ((2.0, 9.0), (2.0, 9.0), (1, 1, 1)),  # identical
+    ((0.0, 3.0), (0.0, 10.0), (1, 0, 0)),  # IoU exactly 0.3 (3 / 10): a hit at 0.3
+    ((0.0, 2.9999), (0.0, 10.0), (0, 0, 0)),  # just below 0.3
+    ((0.0, 5.0), (0.0, 10.0), (1, 1, 0)),  # exactly 0.5
+    ((0.0, 7.0), (0.0, 10.0), (1, 1, 1)),  # exactly 0.7
+    ((float("nan"), 5.0), (0.0, 10.0), (0, 0, 0)),
+    ((0.0, float("inf")), (0.0, 10.0), (0, 0, 0)),
+    ((None, 5.0), (0.0, 10.0), (0, 0, 0)),
+])
+def test_vcmr_hand_cases(span, gt_span, hits):
+    final = compute_metrics([row("q", 1, "v", "v", "matched", span, True, gt_span=gt_span)])["final"]
+    assert tuple(final[f"R1@{t}"] / 100 for t in (0.3, 0.5, 0.7)) == hits
+    assert final["VR"] == 100.0 and final["VER"] == 100.0
+
+
+def test_a_span_without_matched_never_counts():
+    rows = [row("q", 1, "v", "v", "not_matched", (0.0, 10.0), True),
+            row("p", 1, "v", "v", None, (0.0, 10.0), True)]
+    assert compute_metrics(rows)["final"]["R1@0.3"] == 0.0
+
+
+def _reference_r1(rows, threshold):
+    """An independent VCMR R@1: the final row's video is the ground truth, it answered
+    matched, its span is finite with start <= end, and inter / union >= threshold."""
+    hits = 0
+    for r in rows:
+        s, e, gs, ge = r["pred_start"], r["pred_end"], r["gt_start"], r["gt_end"]
+        if r["video_id"] != r["gt_video_id"] or r["answer"] != "matched" or s is None:
+            continue
+        if not (math.isfinite(s) and math.isfinite(e)) or s > e:
+            continue
+        inter = max(0.0, min(e, ge) - max(s, gs))
+        union = max(e, ge) - min(s, gs) if inter > 0 else (e - s) + (ge - gs)
+        hits += union > 0 and inter / union >= threshold
+    return 100.0 * hits / len(rows)
+
+
+def test_vcmr_agrees_with_an_independent_implementation():
+    rng = random.Random(7)
+    rows = []
+    for i in range(400):
+        gs = rng.uniform(0, 20)
+        ge = gs + rng.uniform(0.5, 10)
+        s, e = rng.uniform(0, 30), rng.uniform(0, 30)  # a third of them reversed or so
+        if rng.random() < 0.05:
+            s = float("nan")
+        rows.append(row(f"q{i}", 1, "v", rng.choice(["v", "v", "w"]),
+                        rng.choice(["matched", "matched", "not_matched", None]), (s, e), True,
+                        gt_span=(gs, ge)))
+    final = compute_metrics(rows)["final"]
+    for t in (0.3, 0.5, 0.7):
+        assert final[f"R1@{t}"] == pytest.approx(_reference_r1(rows, t))
+    assert 0 < final["R1@0.3"] < 100
+
+
+def test_nulls_in_nullable_columns():
+    rows = [row("q1", 1, "v", None, None, None, True, episode_reward=None),
+            row("q2", 1, "v", "v", "matched", (0.0, 10.0), True, episode_reward=1.5)]
+    m = compute_metrics(rows)
+    assert m["final"]["VR"] == 50.0 and m["final"]["R1@0.7"] == 50.0
+    assert m["final"]["reward"] == 1.5 and m["final"]["VR@any"] == 50.0
 
 
 def test_missing_is_final_falls_back_to_last_turn():
@@ -134,9 +205,10 @@ def test_refinement_against_the_next_unseen_result_of_the_first_search():
 def test_empty_input():
     zeros = {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "VER": 0.0, "VR": 0.0, "VR@any": 0.0,
              "num_queries": 0}
-    assert compute_metrics([]) == {"final": zeros, "per_turn": {}}
+    empty = {"final": zeros, "final_ci": {}, "per_turn": {}, "per_query": {}}
+    assert compute_metrics([]) == empty
     schema = pa.schema([("query_id", pa.string()), ("turn", pa.int64())])
-    assert compute_metrics(schema.empty_table()) == {"final": zeros, "per_turn": {}}
+    assert compute_metrics(schema.empty_table()) == empty
 
 
 def test_tvr_submission(tmp_path):

@@ -25,8 +25,8 @@ NO_ANSWER = parse_response("<think>hmm</think> <REFINE>")
     "pred, gt, iou",
     [
         ((0, 10), (5, 15), 1 / 3),  # inter 5, union 10 + 10 - 5 = 15
-        ((10, 0), (5, 15), 1 / 3),  # reversed prediction
-        ((0, 10), (15, 5), 1 / 3),  # reversed ground truth
+        ((10, 0), (5, 15), 0.0),  # reversed prediction: no moment
+        ((0, 10), (15, 5), 0.0),  # reversed ground truth: no moment
         ((2, 4), (0, 10), 0.2),  # contained: 2 / 10
         ((0, 10), (0, 10), 1.0),
         ((0, 5), (5, 10), 0.0),  # touching
