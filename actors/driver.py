@@ -34,8 +34,9 @@ from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
 from models.loading import model_dirs
 from retrieval_service.indexing import build_index, read_embeddings
+from rollout.agent import episode_reward
 from rollout.rewards import REWARD_PARTS
-from rollout.trajectory import turns_to_table
+from rollout.trajectory import Turn, turns_to_table
 from tiny.build import with_tiny_models
 
 STAGES = ("index", "sft", "grpo", "eval")
@@ -161,6 +162,46 @@ def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Quer
     return out
 
 
+def informative(group: list[list[Turn]]) -> bool:
+    """A group whose episodes did not all earn the same reward: only such a group has a
+    non-zero advantage anywhere."""
+    rewards = [episode_reward(turns) for turns in group]
+    return max(rewards) - min(rewards) > 1e-9
+
+
+@dataclass
+class Draw:
+    """One GRPO step's rollouts: the groups the learner trains on, every episode generated
+    (for the step's reward means), and how far the query stream advanced."""
+    kept: list[list[list[Turn]]]
+    episodes: list[list[Turn]]
+    queries_drawn: int
+
+    @property
+    def dropped_fraction(self) -> float:
+        return 1.0 - len(self.kept) / self.queries_drawn
+
+
+async def draw_groups(s: Session, train: list[Query], position: int, step: int) -> Draw:
+    """queries_per_step groups from the query stream at `position`; with dynamic sampling,
+    groups without a reward difference are dropped and replaced by the next queries, at most
+    max_query_draws rounds of queries_per_step."""
+    cfg = s.cfg.train
+    G, P = s.cfg.rollout.group_size, cfg.queries_per_step
+    kept, episodes, drawn = [], [], 0
+    for round_ in range(cfg.max_query_draws if cfg.dynamic_sampling else 1):
+        need = P - len(kept)
+        queries = _batch(train, position + drawn, need, cfg.seed)
+        groups = await s.pool.groups(queries, G, s.retriever, s.corpus.video_path,
+                                     seed=cfg.seed * 7919 + step + 104_729 * round_)
+        drawn += need
+        episodes += [turns for group in groups for turns in group]
+        kept += [g for g in groups if informative(g) or not cfg.dynamic_sampling]
+        if len(kept) == P:
+            break
+    return Draw(kept, episodes, drawn)
+
+
 def save_rollouts(folder: Path, step: int, turns, every: int) -> Path | None:
     """Every turn of every `every`-th GRPO step as Parquet (rollout.trajectory schema): what
     the learner trained on, for looking into a run afterwards."""
@@ -173,8 +214,6 @@ def save_rollouts(folder: Path, step: int, turns, every: int) -> Path | None:
 
 
 def _reward_means(episodes) -> dict[str, float]:
-    from rollout.agent import episode_reward
-
     parts = {name: [] for name in (*REWARD_PARTS, "total")}
     for turns in episodes:
         for name in REWARD_PARTS:  # found is the final turn's (an accept ends the episode)
@@ -202,39 +241,42 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
     start_dir = state.get("sft_export") or str(s.policy_dir)
     learner = LearnerGroup(cfg)
     learner.build("grpo", start_dir, cfg=learner.with_learner(lr=cfg.learner.grpo_lr or cfg.learner.lr))
-    step = 0
+    step, driver_state = 0, {}
     ckpt = state.get("grpo_checkpoint")
     if resume and ckpt:
         driver_state = learner.load(ckpt)
         step = int(driver_state["step"])
         print(f"resumed GRPO from {ckpt} at step {step}")
     asyncio.run(s.pool.sync(learner.export_weights()))
-    G, P = cfg.rollout.group_size, cfg.train.queries_per_step
+    position = int(driver_state.get("data_position", step * cfg.train.queries_per_step)) \
+        if resume and ckpt else 0
     ckpt_dir = s.work / "checkpoints" / "grpo"
     bar = tqdm(total=cfg.train.grpo_steps, initial=step, desc="grpo", unit="step")
     while step < cfg.train.grpo_steps and not _Stop.requested:
         started = time.perf_counter()
-        queries = _batch(train, step * P, P, cfg.train.seed)
-        groups = asyncio.run(s.pool.groups(queries, G, s.retriever, s.corpus.video_path,
-                                           seed=cfg.train.seed * 7919 + step))
-        episodes = [turns for group in groups for turns in group]
+        draw = asyncio.run(draw_groups(s, train, position, step))
+        position += draw.queries_drawn
         rollout_s = time.perf_counter() - started
-        turns = [t for episode in episodes for t in episode]
+        turns = [t for group in draw.kept for episode in group for t in episode]
         save_rollouts(s.work / "rollouts", step, turns, cfg.train.save_rollouts_every)
-        rewards = _reward_means(episodes)
-        metrics = learner.grpo_step(turns)
+        rewards = _reward_means(draw.episodes)
+        # no group with a reward difference in any draw: nothing to learn, the weights stay
+        metrics = learner.grpo_step(turns) if turns else {}
         sync_started = time.perf_counter()
-        asyncio.run(s.pool.sync(learner.export_weights()))
+        if turns:
+            asyncio.run(s.pool.sync(learner.export_weights()))
         metrics |= {f"reward_{k}": v for k, v in rewards.items()}
         metrics |= {"rollout_seconds": rollout_s, "sync_seconds": time.perf_counter() - sync_started,
-                    "turns_per_episode": float(np.mean([len(e) for e in episodes]))}
+                    "turns_per_episode": float(np.mean([len(e) for e in draw.episodes])),
+                    "groups_dropped_fraction": draw.dropped_fraction,
+                    "queries_drawn": draw.queries_drawn}
         s.metrics.rewards(rewards, step)
         s.metrics.learner_step(metrics, stage="grpo", step=step)
         step += 1
         bar.update(1)
         bar.set_postfix(reward=f"{rewards['total']:.3f}")
         if step % cfg.learner.checkpoint_every == 0 or step == cfg.train.grpo_steps or _Stop.requested:
-            path = learner.save(ckpt_dir, {"step": step, "data_position": step * P})
+            path = learner.save(ckpt_dir, {"step": step, "data_position": position})
             state.update(grpo_checkpoint=path, grpo_step=step)
     bar.close()
     export = s.work / "checkpoints" / "grpo_export"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from corpus.video import decode_video
+from evaluation.episode_report import write_report
 from evaluation.metrics import compute_metrics
 from evaluation.predictions import predictions_table
 from evaluation.tvr import write_tvr_submission
@@ -15,7 +17,7 @@ from evaluation.tvr import write_tvr_submission
 
 def evaluate(session, split: str, tag: str) -> dict:
     """One greedy episode per query; writes predictions (Parquet), the TVRetrieval
-    submission JSON and metrics JSON under <workdir>/eval/<tag>/."""
+    submission JSON, metrics JSON and the episode report (HTML) under <workdir>/eval/<tag>/."""
     queries = session.corpus.queries(split)
     if not queries:
         raise ValueError(f"no queries in split {split!r}")
@@ -29,4 +31,9 @@ def evaluate(session, split: str, tag: str) -> dict:
     write_tvr_submission(table, out / "tvr_submission.json", sorted(session.corpus.video_paths))
     metrics = compute_metrics(table)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    final = metrics["final"]
+    summary = {"queries": final["num_queries"]} | {
+        k: final[k] for k in ("R1@0.5", "VER", "VR", "VR@any", "reward") if k in final}
+    write_report(table, lambda vid: decode_video(session.corpus.video_path(vid), session.cfg.video).frames,
+                 summary, out / "report.html", f"{tag} on the {split} split")
     return metrics

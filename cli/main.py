@@ -17,6 +17,8 @@ corpus_app = typer.Typer(help="Build or import a video corpus.", no_args_is_help
 models_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(models_app, name="models")
+experiment_app = typer.Typer(help="Experiments over several runs.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 console = Console()
 
 CONFIG_OPT = typer.Option("cpu_tiny", "--config", "-c",
@@ -92,15 +94,20 @@ def corpus_import(
 
 @models_app.command("tiny")
 def models_tiny(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
-                force: bool = typer.Option(False, help="rebuild even if cached")) -> None:
-    """Build the tiny Qwen3-VL policy and embedder into the model cache."""
-    from tiny.build import build_tiny_models
+                force: bool = typer.Option(False, help="build here even if cached or shipped"),
+                ship: bool = typer.Option(False, help="then copy them into tiny/shipped/ "
+                                          "(hash manifest) for the repository")) -> None:
+    """Build the tiny Qwen3-VL policy and embedder into the model cache (or copy the shipped
+    ones in, when they were built from the same recipe)."""
+    from tiny.build import build_tiny_models, ship_tiny_models
 
     cfg = _cfg(config, overrides)
     dirs = build_tiny_models(cfg.paths.model_cache, video=cfg.video,
                              pretrain=cfg.model.tiny_pretrain,
                              soft_tokens=cfg.sqr.num_tokens, seed=cfg.model.seed, force=force)
-    console.print(f"policy: {dirs[0]}\nembedder: {dirs[1]}")
+    console.print(f"policy: {dirs[0]}\nembedder: {dirs[1]}", markup=False)
+    if ship:
+        console.print(f"shipped -> {ship_tiny_models(cfg.paths.model_cache)}", markup=False)
 
 
 @app.command()
@@ -155,6 +162,41 @@ def serve(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> Non
     console.print(f"serving on {serve_retrieval(router, cfg.retrieval)} (Ctrl-C to stop)")
     while True:
         time.sleep(3600)
+
+
+@experiment_app.command("seeds")
+def experiment_seeds(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
+                     n: int = typer.Option(3, "--n", min=1, help="how many seeds (0..n-1)")) -> None:
+    """Run the job once per train.seed (each in <workdir>/seeds/seed<i>; a finished seed is
+    reused) and print the pooled table with 95 % CIs and each seed's GRPO − SFT."""
+    import subprocess
+
+    from evaluation.seeds import seeds_table
+
+    cfg = _cfg(config, overrides)
+    root = Path(cfg.paths.workdir) / "seeds"
+    seeds, results = list(range(n)), []
+    for seed in seeds:
+        work = root / f"seed{seed}"
+        done = work / "results" / "results.json"
+        if done.is_file():
+            console.print(f"seed {seed}: finished earlier, reusing {done}", markup=False)
+        else:
+            work.mkdir(parents=True, exist_ok=True)
+            log = work / "train.log"
+            console.print(f"seed {seed}: training, log -> {log}", markup=False)
+            with log.open("w") as out:
+                rc = subprocess.call([sys.executable, "-m", "cli", "train", "--config", config,
+                                      *(overrides or []), f"train.seed={seed}", f"paths.workdir={work}"],
+                                     stdout=out, stderr=subprocess.STDOUT)
+            if rc != 0 or not done.is_file():
+                console.print(f"seed {seed} failed (exit {rc}); see {log}", style="red", markup=False)
+                raise typer.Exit(1)
+        results.append(json.loads(done.read_text()))
+    table = seeds_table(seeds, results)
+    (root / "seeds.txt").write_text(table + "\n")
+    console.print(table, markup=False, highlight=False)
+    console.print(f"-> {root / 'seeds.txt'}", markup=False)
 
 
 @app.command()

@@ -103,6 +103,9 @@ class SynthConfig:
     size: int = 64  # frame width = height, pixels
     fps: int = 4  # encoding frame rate; sampling rate is video.fps
     near_duplicate_fraction: float = 0.25
+    # Shares of the videos held out (a near-duplicate pair counts as one unit); the rest train.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
     seed: int = 0
 
 
@@ -232,6 +235,11 @@ class TrainConfig:
     # Fraction of the train split's videos kept out of SFT: GRPO trains on their queries alone
     # (0: both stages train on every train query).
     grpo_video_fraction: float = 0.0
+    # DAPO's dynamic sampling: a group whose G episode rewards are all equal has zero advantage
+    # and teaches nothing, so it is dropped and more queries are drawn until the step has
+    # queries_per_step groups, at most max_query_draws x queries_per_step queries a step.
+    dynamic_sampling: bool = True
+    max_query_draws: int = 3
     # Keep every Nth GRPO step's turns as Parquet under <workdir>/rollouts (0: none); on a
     # long GPU run each step's file is megabytes, so raise N there.
     save_rollouts_every: int = 1

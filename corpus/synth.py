@@ -92,6 +92,9 @@ def generate_corpus(cfg: SynthConfig, out_dir: Path, progress: bool = False) -> 
     """
     if cfg.size < 16 or cfg.size % 2 or cfg.seconds < MIN_SPAN or cfg.fps < 1:
         raise ValueError(f"synth needs an even size >= 16, seconds >= {MIN_SPAN} and fps >= 1, got {cfg}")
+    if min(cfg.val_fraction, cfg.test_fraction) < 0 or cfg.val_fraction + cfg.test_fraction >= 1:
+        raise ValueError("corpus.synth.val_fraction and test_fraction must be >= 0 and leave videos "
+                         f"to train on, got {cfg.val_fraction} and {cfg.test_fraction}")
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
     if manifest_path.is_file():
@@ -105,7 +108,7 @@ def generate_corpus(cfg: SynthConfig, out_dir: Path, progress: bool = False) -> 
 
     videos = _plan(cfg, np.random.default_rng(cfg.seed))
     rng = np.random.default_rng([cfg.seed, 1])  # separate stream: splits don't shift the scenes
-    splits = _splits(videos, rng)
+    splits = _splits(videos, rng, {"test": cfg.test_fraction, "val": cfg.val_fraction})
     counts = Counter(v.describe(e) for v in videos for e in v.events)
     video_rows, query_rows = [], []
     for v in tqdm(videos, desc="synth videos", disable=not progress):
@@ -216,13 +219,14 @@ def _near_duplicate(orig: Video, video_id: str, used: set[tuple], rng: np.random
     return Video(video_id, orig.background, events, near_duplicate_of=orig.video_id)
 
 
-def _splits(videos: list[Video], rng: np.random.Generator) -> dict[str, str]:
-    """~70/15/15 by video; a near-duplicate pair is one unit so it never straddles splits."""
+def _splits(videos: list[Video], rng: np.random.Generator, fractions: dict[str, float]) -> dict[str, str]:
+    """Held-out splits by share of the videos, the rest train; a near-duplicate pair is one
+    unit so it never straddles splits."""
     groups: dict[str, list[str]] = {}
     for v in videos:
         groups.setdefault(v.near_duplicate_of or v.video_id, []).append(v.video_id)
     n = len(videos)
-    quota = {"test": max(1, round(0.15 * n)), "val": max(1, round(0.15 * n))} if n >= 3 else {}
+    quota = {s: max(1, round(f * n)) for s, f in fractions.items()} if n >= 3 else {}
     filled = dict.fromkeys(quota, 0)
     out = {}
     for g in rng.permutation(sorted(groups)):

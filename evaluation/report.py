@@ -51,21 +51,31 @@ def interval_table(evals: dict[str, dict], differences: dict[str, dict]) -> str:
     for tag, m in evals.items():
         ci = m.get("final_ci", {})
         lines.append(f"{tag:<14}" + "".join(
-            cell(ci.get(c), lambda v, c=c: _interval(v, c)) for c in CI_COLUMNS))
+            cell(ci.get(c), lambda v, c=c: interval_text(v, c)) for c in CI_COLUMNS))
     for name, diff in differences.items():
         lines.append(f"{name:<14}" + "".join(
-            cell(diff.get(c), lambda v, c=c: f"{_num(v[0], c)} {_interval(v[1:], c)}")
+            cell(diff.get(c), lambda v, c=c: f"{signed_text(v[0], c)} {interval_text(v[1:], c)}")
             for c in CI_COLUMNS))
     return "\n".join(lines)
 
 
-def _num(v: float, column: str) -> str:
+def signed_text(v: float, column: str) -> str:
     return f"{v:+.2f}" if column == "reward" else f"{v:+.1f}"
 
 
-def _interval(v, column: str) -> str:
+def interval_text(v, column: str) -> str:
     digits = 2 if column == "reward" else 1
     return f"[{v[0]:.{digits}f},{v[1]:.{digits}f}]"
+
+
+SMOOTHING = 5  # steps in the training reward's moving mean
+
+
+def smoothed(values: list[float], window: int = SMOOTHING) -> list[float]:
+    """Trailing moving mean (the first points average what there is): one GRPO step's reward
+    jumps with the few queries it drew."""
+    return [sum(values[max(0, i + 1 - window): i + 1]) / (i + 1 - max(0, i + 1 - window))
+            for i in range(len(values))]
 
 
 def plot(history: list[dict], evals: dict[str, dict], path: Path) -> Path:
@@ -74,8 +84,18 @@ def plot(history: list[dict], evals: dict[str, dict], path: Path) -> Path:
     if grpo:
         steps = [h["step"] for h in grpo]
         for key in ("reward_total", *(f"reward_{name}" for name in REWARD_PARTS)):
-            left.plot(steps, [h.get(key, 0.0) for h in grpo], label=key.removeprefix("reward_"))
-        left.legend(fontsize=8)
+            left.plot(steps, [h.get(key, 0.0) for h in grpo], label=key.removeprefix("reward_"),
+                      linewidth=0.8, alpha=0.6)
+        left.plot(steps, smoothed([h["reward_total"] for h in grpo]), "k-", linewidth=2,
+                  label=f"total, mean of {SMOOTHING}")
+    # the held-out (greedy, eval split) reward: before GRPO at its first step, after at its last
+    last = grpo[-1]["step"] if grpo else 0
+    for tag, m in evals.items():
+        if "reward" in m["final"]:
+            left.plot([last if tag in ("grpo", "latest") else 0], [m["final"]["reward"]], "D",
+                      markersize=8, label=f"{tag}: held-out reward")
+    if left.get_legend_handles_labels()[0]:  # an empty legend makes matplotlib warn
+        left.legend(fontsize=7)
     left.set(title="GRPO rewards per step", xlabel="step", ylabel="mean reward")
     width = 0.8 / max(1, len(evals))
     for i, (tag, m) in enumerate(evals.items()):

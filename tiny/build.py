@@ -11,6 +11,7 @@ Untied embeddings (vLLM's weight reload leaves a tied LM head stale) and head_di
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import shutil
@@ -45,6 +46,14 @@ RECIPE_VERSION = 9
 RANDOM_TINY_MODELS = ["model.tiny_pretrain.embedder.steps=0", "model.tiny_pretrain.policy.steps=0"]
 # The tiny models' own pretraining corpus: seed = model seed + this, never a run's corpus.
 PRETRAIN_SEED_OFFSET = 1000
+# The default recipe's pretrained models, versioned with the code: pretraining sums floats in
+# the order the host's kernels choose, so models built here differ by machine; shipped ones
+# make the default's table the same everywhere and take pretraining out of a first run.
+SHIPPED = Path(__file__).resolve().parent / "shipped"
+
+
+class ShippedModelError(RuntimeError):
+    """A shipped model file whose bytes are not the ones its manifest names."""
 
 
 def _config(tokenizer, hidden: int, layers: int, vocab: int) -> Qwen3VLConfig:
@@ -122,20 +131,21 @@ def with_tiny_models(cfg: Config) -> Config:
 def build_tiny_models(
     cache_dir: str | Path, *, video: VideoConfig | None = None,
     pretrain: TinyPretrainConfig | None = None, soft_tokens: int = 8, seed: int = 0,
-    force: bool = False,
+    force: bool = False, shipped: Path = SHIPPED,
 ) -> tuple[Path, Path]:
     """Build (once) and return (policy_dir, embedder_dir) under cache_dir.
 
-    Both models are then pretrained on a synthetic corpus of their own (config.schema's
+    Models shipped for the same recipe are copied in (hash-checked) instead; `force` builds
+    anyway. Built models are pretrained on a synthetic corpus of their own (config.schema's
     TinyPretrainConfig says why); the reports are kept in the manifest."""
     cache_dir = Path(cache_dir)
-    video = video or VideoConfig()
-    pretrain = pretrain or TinyPretrainConfig()
-    recipe = dict(version=RECIPE_VERSION, video=asdict(video), pretrain=asdict(pretrain),
-                  soft_tokens=soft_tokens, seed=seed)
+    video, pretrain = video or VideoConfig(), pretrain or TinyPretrainConfig()
+    recipe = recipe_of(video, pretrain, soft_tokens, seed)
     policy_dir, embedder_dir = cache_dir / POLICY_DIR, cache_dir / EMBEDDER_DIR
     manifest = cache_dir / MANIFEST
     if not force and manifest.is_file() and json.loads(manifest.read_text()).get("recipe") == recipe:
+        return policy_dir, embedder_dir
+    if not force and install_shipped(shipped, cache_dir, recipe):
         return policy_dir, embedder_dir
     for d in (policy_dir, embedder_dir):
         shutil.rmtree(d, ignore_errors=True)
@@ -171,6 +181,53 @@ def build_tiny_models(
                                   pretrain, seed, torch.get_rng_state().tolist()).result()
     manifest.write_text(json.dumps(dict(recipe=recipe, pretrain=reports), indent=1))
     return policy_dir, embedder_dir
+
+
+def recipe_of(video: VideoConfig, pretrain: TinyPretrainConfig, soft_tokens: int, seed: int) -> dict:
+    """Everything the tiny models' weights depend on: equal recipes, interchangeable models."""
+    return dict(version=RECIPE_VERSION, video=asdict(video), pretrain=asdict(pretrain),
+                soft_tokens=soft_tokens, seed=seed)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ship_tiny_models(cache_dir: str | Path, dest: Path = SHIPPED) -> Path:
+    """Copy the models built in cache_dir to dest with a manifest of every file's sha256: what
+    a maintainer runs (`videosearch models tiny --ship`) after the recipe changes."""
+    cache_dir = Path(cache_dir)
+    built = json.loads((cache_dir / MANIFEST).read_text())
+    shutil.rmtree(dest, ignore_errors=True)
+    for name in (POLICY_DIR, EMBEDDER_DIR):
+        shutil.copytree(cache_dir / name, dest / name)
+    files = {str(p.relative_to(dest)): _sha256(p) for p in sorted(dest.rglob("*")) if p.is_file()}
+    (dest / MANIFEST).write_text(json.dumps(built | {"files": files}, indent=1))
+    return dest
+
+
+def install_shipped(shipped: Path, cache_dir: Path, recipe: dict) -> bool:
+    """Copy the shipped models into cache_dir if they were built from `recipe`; False if none
+    were. Every file is checked against the manifest's sha256 before anything is copied."""
+    manifest_path = shipped / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("recipe") != recipe:
+        return False
+    for rel, digest in manifest["files"].items():
+        path = shipped / rel
+        if not path.is_file() or _sha256(path) != digest:
+            raise ShippedModelError(
+                f"shipped tiny model file {path} is missing or not the one its manifest names "
+                f"(sha256 {digest[:12]}...): restore it (git checkout -- {shipped}) or build the "
+                "models here with `videosearch models tiny --force`")
+    for name in (POLICY_DIR, EMBEDDER_DIR):
+        shutil.rmtree(cache_dir / name, ignore_errors=True)
+        shutil.copytree(shipped / name, cache_dir / name)
+    installed = {k: v for k, v in manifest.items() if k != "files"} | {"source": str(shipped)}
+    (cache_dir / MANIFEST).write_text(json.dumps(installed, indent=1))
+    return True
 
 
 def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: VideoConfig,

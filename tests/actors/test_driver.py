@@ -57,8 +57,14 @@ def _metrics_text() -> str:
 def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
     work = short_cfg.paths.workdir
     results = json.loads(open(first_run["results"]).read())
-    assert set(results["eval"]) == {"untrained", "sft", "grpo"}
+    assert set(results["eval"]) == {"untrained", "sft", "grpo", "paired"}
+    paired = results["eval"].pop("paired")
+    assert set(paired) == {"grpo-sft", "sft-untrained"}
+    mean, low, high = paired["grpo-sft"]["reward"]
+    assert low <= mean <= high
     for tag in results["eval"]:
+        low, high = results["eval"][tag]["final_ci"]["VR"]
+        assert low <= results["eval"][tag]["final"]["VR"] <= high
         out = f"{work}/eval/{tag}"
         table = pq.read_table(f"{out}/predictions.parquet")
         assert table.num_rows >= results["eval"][tag]["final"]["num_queries"] > 0

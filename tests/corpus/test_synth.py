@@ -160,3 +160,18 @@ def test_every_event_is_an_annotated_moment(corpus, queries, manifest):
     assert len(train) > len(tables.queries("train"))
     bare = load_corpus(corpus.videos_path, corpus.queries_path)  # an imported corpus
     assert bare.annotated("train") == [r for r in queries if r["split"] == "train"]
+
+
+def test_split_shares_follow_the_config(tmp_path):
+    cfg = replace(CFG, num_videos=40, val_fraction=0.1, test_fraction=0.4, seed=5)
+    every = splits_of(generate_corpus(cfg, tmp_path))
+    counts = Counter(every.values())
+    # a near-duplicate pair is one unit, so a split may end one video past its share
+    assert 16 <= counts["test"] <= 17 and 4 <= counts["val"] <= 5
+    assert counts["train"] == 40 - counts["test"] - counts["val"]
+
+
+@pytest.mark.parametrize("val, test", [(-0.1, 0.2), (0.5, 0.5), (0.0, 1.2)])
+def test_split_shares_that_leave_nothing_to_train_on_are_refused(tmp_path, val, test):
+    with pytest.raises(ValueError, match="val_fraction and test_fraction"):
+        generate_corpus(replace(CFG, val_fraction=val, test_fraction=test), tmp_path)

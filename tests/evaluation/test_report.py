@@ -40,3 +40,19 @@ def test_plot_names_rewards_and_models_only_when_there_are_any(tmp_path):
         warnings.simplefilter("error")  # matplotlib warns about a legend with nothing to name
         assert plot(history, {}, tmp_path / "a.png").stat().st_size > 0
         assert plot([], {"sft": _metrics(40.0, 30.0)}, tmp_path / "b.png").stat().st_size > 0
+
+
+def test_smoothed_reward_is_a_trailing_mean():
+    from evaluation.report import smoothed
+
+    assert smoothed([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+    assert smoothed([]) == []
+
+
+def test_plot_marks_the_held_out_rewards(tmp_path):
+    from evaluation.report import plot
+
+    history = [{"stage": "grpo", "step": i, "reward_total": float(i)} for i in range(6)]
+    evals = {"sft": _metrics(40.0, 30.0, 0.25), "grpo": _metrics(45.0, 30.0, 0.5)}
+    path = plot(history, evals, tmp_path / "training.png")
+    assert path.stat().st_size > 1000

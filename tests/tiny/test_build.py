@@ -122,3 +122,41 @@ def test_missing_model_dir_is_a_clear_error(tmp_path):
         load_policy(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="sqr"):
         SQRHeads.load(tmp_path)
+
+
+def test_shipped_models_are_copied_in_checked_and_only_for_their_recipe(tmp_path):
+    from tiny.build import ShippedModelError, ship_tiny_models
+
+    video = VideoConfig(max_frames=8)
+    built = build_tiny_models(tmp_path / "built", video=video, pretrain=NO_PRETRAIN)
+    shipped = ship_tiny_models(tmp_path / "built", tmp_path / "shipped")
+    files = json.loads((shipped / MANIFEST).read_text())["files"]
+    assert "tiny-qwen3vl-policy/model.safetensors" in files and len(files) > 6
+
+    got = build_tiny_models(tmp_path / "cache", video=video, pretrain=NO_PRETRAIN, shipped=shipped)
+    for a, b in zip(built, got, strict=True):
+        assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "cache" / MANIFEST).read_text())["source"] == str(shipped)
+
+    other = build_tiny_models(tmp_path / "other", video=VideoConfig(max_frames=16),
+                              pretrain=NO_PRETRAIN, shipped=shipped)  # another recipe: built here
+    assert "source" not in json.loads((tmp_path / "other" / MANIFEST).read_text())
+    assert other[0].is_dir()
+
+    weights = shipped / "tiny-qwen3vl-embedder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ShippedModelError, match="tiny-qwen3vl-embedder/model.safetensors"):
+        build_tiny_models(tmp_path / "fresh", video=video, pretrain=NO_PRETRAIN, shipped=shipped)
+
+
+def test_the_repository_ships_the_default_recipe():
+    """The shipped models are the ones the embedded default asks for: a recipe change without
+    `videosearch models tiny --force --ship` would silently pretrain on every first run again."""
+    from config import load_config
+    from tiny.build import SHIPPED, recipe_of
+
+    cfg = load_config("cpu_tiny")
+    manifest = json.loads((SHIPPED / MANIFEST).read_text())
+    assert manifest["recipe"] == recipe_of(cfg.video, cfg.model.tiny_pretrain, cfg.sqr.num_tokens,
+                                           cfg.model.seed)
+    assert manifest["pretrain"]["embedder"]["steps"] == cfg.model.tiny_pretrain.embedder.steps

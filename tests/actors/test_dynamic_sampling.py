@@ -1,0 +1,66 @@
+"""DAPO's dynamic sampling in the GRPO loop: groups without a reward difference are dropped
+and replaced by the next queries of the stream, within the draw cap."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from types import SimpleNamespace
+
+from actors.driver import _batch, draw_groups, informative
+from config import load_config
+from corpus.tables import Query
+
+TRAIN = [Query(f"v{i}:q0", f"text {i}", f"v{i}", 0.0, 1.0) for i in range(10)]
+
+
+def _episode(reward: float) -> list:
+    return [SimpleNamespace(episode_reward=reward)]
+
+
+class Pool:
+    """Episodes whose rewards are set per query: the queries in `flat` earn one reward in
+    every sample, the others differ between samples."""
+
+    def __init__(self, flat: set[str]):
+        self.flat, self.asked = flat, []
+
+    async def groups(self, queries, group_size, retriever, video_path, seed):
+        self.asked.append([q.query_id for q in queries])
+        return [[_episode(1.0 if q.query_id in self.flat else float(g)) for g in range(group_size)]
+                for q in queries]
+
+
+def _session(pool, **train):
+    cfg = load_config("cpu_tiny", ["rollout.group_size=3", "train.queries_per_step=3"])
+    cfg = replace(cfg, train=replace(cfg.train, **train))
+    return SimpleNamespace(cfg=cfg, pool=pool, retriever=None,
+                           corpus=SimpleNamespace(video_path=lambda v: v))
+
+
+def test_a_group_is_informative_when_its_rewards_differ():
+    assert informative([_episode(1.0), _episode(0.5)])
+    assert not informative([_episode(0.3), _episode(0.3), _episode(0.3)])
+
+
+def test_flat_groups_are_replaced_by_the_next_queries():
+    stream = [q.query_id for q in _batch(TRAIN, 4, 6, seed=0)]
+    pool = Pool(flat=set(stream[:2]))  # the step's first two queries teach nothing
+    draw = asyncio.run(draw_groups(_session(pool), TRAIN, position=4, step=0))
+    assert pool.asked == [stream[:3], stream[3:5]]
+    assert [g[0][0].episode_reward for g in draw.kept] == [0.0, 0.0, 0.0]
+    assert draw.queries_drawn == 5 and len(draw.episodes) == 5 * 3
+    assert abs(draw.dropped_fraction - 2 / 5) < 1e-12
+
+
+def test_the_draw_cap_ends_a_step_with_fewer_groups():
+    pool = Pool(flat={q.query_id for q in TRAIN})
+    draw = asyncio.run(draw_groups(_session(pool, max_query_draws=2), TRAIN, position=0, step=0))
+    assert draw.kept == [] and draw.queries_drawn == 6 and draw.dropped_fraction == 1.0
+    assert len(pool.asked) == 2
+
+
+def test_without_dynamic_sampling_every_group_is_kept():
+    pool = Pool(flat={q.query_id for q in TRAIN})
+    draw = asyncio.run(draw_groups(_session(pool, dynamic_sampling=False), TRAIN, 0, step=0))
+    assert len(draw.kept) == 3 and draw.queries_drawn == 3 and draw.dropped_fraction == 0.0

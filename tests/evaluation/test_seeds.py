@@ -1,0 +1,54 @@
+"""Pooling several seeds' results: per-query means over seeds, a bootstrap over queries, and
+each seed's GRPO − SFT; and the `experiment seeds` command around it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from evaluation.seeds import pooled, seeds_table
+
+
+def _result(sft: list[float], grpo: list[float], diff: float) -> dict:
+    def ev(rewards):
+        return {"per_query": {f"q{i}": {"reward": r, "VR": 100.0 * (r > 1)} for i, r in enumerate(rewards)}}
+    return {"eval": {"sft": ev(sft), "grpo": ev(grpo),
+                     "paired": {"grpo-sft": {"reward": [diff, diff - 0.1, diff + 0.1],
+                                             "VR": [0.0, -5.0, 5.0]}}}}
+
+
+RESULTS = [_result([1.0, 2.0, 0.0], [2.0, 2.0, 1.0], 0.67), _result([1.0, 0.0, 2.0], [1.0, 1.0, 0.5], -0.17)]
+
+
+def test_pooled_means_average_each_query_over_the_seeds():
+    out = pooled(RESULTS)
+    assert set(out) == {"sft", "grpo"}
+    mean, low, high = out["grpo"]["reward"]
+    assert mean == pytest.approx((1.5 + 1.5 + 0.75) / 3)
+    assert low <= mean <= high and high - low > 0
+    assert out["sft"]["VR"][0] == pytest.approx(100 * 2 / 6)
+
+
+def test_table_shows_each_seeds_difference_and_the_count_of_wins():
+    text = seeds_table([0, 1], RESULTS)
+    assert "seed 0" in text and "+0.67 [0.57,0.77]" in text and "-0.17" in text
+    assert text.splitlines()[-1] == "GRPO above SFT on mean test reward in 1 of 2 seeds"
+
+
+def test_the_command_reuses_finished_seeds_and_stops_at_a_failed_one(tmp_path):
+    for seed, r in enumerate(RESULTS):
+        done = tmp_path / "seeds" / f"seed{seed}" / "results"
+        done.mkdir(parents=True)
+        (done / "results.json").write_text(json.dumps(r))
+    out = CliRunner().invoke(app, ["experiment", "seeds", "--n", "2", f"paths.workdir={tmp_path}"])
+    assert out.exit_code == 0, out.output
+    assert "finished earlier" in out.output and "in 1 of 2 seeds" in out.output
+    assert (tmp_path / "seeds" / "seeds.txt").read_text().startswith("2 seeds: 0, 1")
+    # a third seed whose job fails at once (an odd frame size): the command says where to look
+    out = CliRunner().invoke(app, ["experiment", "seeds", "--n", "3", f"paths.workdir={tmp_path}",
+                                   "corpus.synth.size=7"])
+    assert out.exit_code == 1 and "seed 2 failed" in out.output
+    assert "even size" in (tmp_path / "seeds" / "seed2" / "train.log").read_text()
