@@ -188,6 +188,8 @@ async def draw_groups(s: Session, train: list[Query], position: int, step: int) 
     max_query_draws rounds of queries_per_step."""
     cfg = s.cfg.train
     G, P = s.cfg.rollout.group_size, cfg.queries_per_step
+    if cfg.max_query_draws < 1:
+        raise ValueError(f"train.max_query_draws must be >= 1, got {cfg.max_query_draws}")
     kept, episodes, drawn = [], [], 0
     for round_ in range(cfg.max_query_draws if cfg.dynamic_sampling else 1):
         need = P - len(kept)

@@ -64,3 +64,10 @@ def test_without_dynamic_sampling_every_group_is_kept():
     pool = Pool(flat={q.query_id for q in TRAIN})
     draw = asyncio.run(draw_groups(_session(pool, dynamic_sampling=False), TRAIN, 0, step=0))
     assert len(draw.kept) == 3 and draw.queries_drawn == 3 and draw.dropped_fraction == 0.0
+
+
+def test_a_draw_cap_below_one_is_a_clear_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="train.max_query_draws must be >= 1, got 0"):
+        asyncio.run(draw_groups(_session(Pool(set()), max_query_draws=0), TRAIN, 0, step=0))
