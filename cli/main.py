@@ -19,7 +19,9 @@ app.add_typer(corpus_app, name="corpus")
 app.add_typer(models_app, name="models")
 experiment_app = typer.Typer(help="Experiments over several runs.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
-console = Console()
+# Literal text everywhere: messages carry paths, config values and model output, and rich
+# markup would eat "[start, end]" and choke on "[/red]".
+console = Console(markup=False, highlight=False)
 
 CONFIG_OPT = typer.Option("cpu_tiny", "--config", "-c",
                           help="Preset name in configs/ or a YAML path.")
@@ -30,7 +32,7 @@ def _cfg(config: str, overrides: list[str] | None):
     try:
         return load_config(config, overrides or [])
     except ConfigError as exc:
-        console.print(f"[red]config error:[/red] {exc}")
+        console.print(f"config error: {exc}", style="red")
         raise typer.Exit(2) from None
 
 
@@ -47,7 +49,7 @@ def doctor() -> None:
             console.print(f"  {name:13s} {getattr(mod, '__version__', '?')}")
         except Exception as exc:  # noqa: BLE001 - report every broken import at once
             failed.append(name)
-            console.print(f"  [red]{name:13s} {type(exc).__name__}: {exc}[/red]")
+            console.print(f"  {name:13s} {type(exc).__name__}: {exc}", style="red")
     from transformers import Qwen3VLProcessor  # noqa: F401 - needs a working torchvision
 
     if failed:
@@ -57,7 +59,7 @@ def doctor() -> None:
 @app.command("config")
 def show_config(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
     """Print the resolved configuration."""
-    console.print(to_yaml(_cfg(config, overrides)), markup=False)
+    console.print(to_yaml(_cfg(config, overrides)))
 
 
 @corpus_app.command("synth")
@@ -85,10 +87,10 @@ def corpus_import(
     try:
         result = read_annotations(fmt, path, split, strict=strict)
     except (AnnotationError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(str(exc), style="red")
         raise typer.Exit(1) from None
     write_parquet(result.table, out)
-    console.print(result.report.summary(), markup=False)
+    console.print(result.report.summary())
     console.print(f"{result.table.num_rows} queries -> {out}")
 
 
@@ -105,9 +107,9 @@ def models_tiny(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
     dirs = build_tiny_models(cfg.paths.model_cache, video=cfg.video,
                              pretrain=cfg.model.tiny_pretrain,
                              soft_tokens=cfg.sqr.num_tokens, seed=cfg.model.seed, force=force)
-    console.print(f"policy: {dirs[0]}\nembedder: {dirs[1]}", markup=False)
+    console.print(f"policy: {dirs[0]}\nembedder: {dirs[1]}")
     if ship:
-        console.print(f"shipped -> {ship_tiny_models(cfg.paths.model_cache)}", markup=False)
+        console.print(f"shipped -> {ship_tiny_models(cfg.paths.model_cache)}")
 
 
 @app.command()
@@ -180,23 +182,23 @@ def experiment_seeds(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_
         work = root / f"seed{seed}"
         done = work / "results" / "results.json"
         if done.is_file():
-            console.print(f"seed {seed}: finished earlier, reusing {done}", markup=False)
+            console.print(f"seed {seed}: finished earlier, reusing {done}")
         else:
             work.mkdir(parents=True, exist_ok=True)
             log = work / "train.log"
-            console.print(f"seed {seed}: training, log -> {log}", markup=False)
+            console.print(f"seed {seed}: training, log -> {log}")
             with log.open("w") as out:
                 rc = subprocess.call([sys.executable, "-m", "cli", "train", "--config", config,
                                       *(overrides or []), f"train.seed={seed}", f"paths.workdir={work}"],
                                      stdout=out, stderr=subprocess.STDOUT)
             if rc != 0 or not done.is_file():
-                console.print(f"seed {seed} failed (exit {rc}); see {log}", style="red", markup=False)
+                console.print(f"seed {seed} failed (exit {rc}); see {log}", style="red")
                 raise typer.Exit(1)
         results.append(json.loads(done.read_text()))
     table = seeds_table(seeds, results)
     (root / "seeds.txt").write_text(table + "\n")
-    console.print(table, markup=False, highlight=False)
-    console.print(f"-> {root / 'seeds.txt'}", markup=False)
+    console.print(table)
+    console.print(f"-> {root / 'seeds.txt'}")
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,14 +33,23 @@ def load_config(preset: str | Path | None = "cpu_tiny", overrides: list[str] = (
     try:
         if preset is not None:
             path = _preset_path(preset)
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            try:
+                loaded = OmegaConf.load(path)
+            except yaml.YAMLError as exc:  # its text names the line and column
+                raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            merged = OmegaConf.merge(merged, loaded)
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, value = item.split("=", 1)
             if OmegaConf.select(merged, key, default="__missing__") == "__missing__":
                 raise ConfigError(f"unknown config key {key!r} (override {item!r})")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            try:
+                parsed = OmegaConf.from_dotlist([item])
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                                  f"({str(exc).splitlines()[0]})") from None
+            merged = OmegaConf.merge(merged, parsed)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         raise ConfigError(f"bad config value for {key!r}: {exc.msg}") from None

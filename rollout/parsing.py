@@ -18,7 +18,6 @@ Answer = Literal["matched", "not_matched"]
 ANSWERS: tuple[str, ...] = ("matched", "not_matched")
 REFINE = "<REFINE>"
 
-_TAG = {t: re.compile(rf"<{t}>(.*?)</{t}>", re.DOTALL) for t in ("think", "answer", "start", "end")}
 _TIME_TAG = re.compile(r"</?(?:start|end)>")
 # Only plain ASCII decimals: "nan", "inf", hex, "1_0" and non-ASCII digits are not times.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -48,8 +47,14 @@ class ParsedResponse:
 
 
 def _first(tag: str, text: str) -> str | None:
-    m = _TAG[tag].search(text)
-    return None if m is None else m.group(1)
+    """The text between the first <tag> and the first </tag> after it. Two finds, linear in
+    the text: a lazy regex retried the scan from every unclosed <tag> (quadratic)."""
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    i = text.find(opening)
+    if i < 0:
+        return None
+    j = text.find(closing, i + len(opening))
+    return None if j < 0 else text[i + len(opening): j]
 
 
 def _time(raw: str | None) -> float | None:

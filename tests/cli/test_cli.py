@@ -62,3 +62,18 @@ def test_another_python_is_told_to_use_the_projects_environment():
                          text=True, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 2
     assert "lacks the project's packages" in out.stderr and ".venv" in out.stderr
+
+
+def test_messages_are_printed_literally(tmp_path):
+    """A config error whose text holds brackets and what looks like rich markup."""
+    out = runner.invoke(app, ["config", "rollout.group_size=[/red] [start, end]"])
+    assert out.exit_code == 2
+    assert "[/red] [start, end]" in out.output
+
+
+def test_malformed_yaml_is_a_config_error_naming_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  sft_steps: 3\n\tgrpo_steps: 2\n")
+    out = runner.invoke(app, ["config", "--config", str(bad)])
+    assert out.exit_code == 2
+    assert str(bad) in out.output and "line 3" in out.output

@@ -294,3 +294,16 @@ def test_fuzz_round_trip():
         else:
             p = parse_response(format_response("not_matched", think))
         assert p.well_formed and p.think == think
+
+
+@pytest.mark.parametrize("unit", ["<think>", "<think>x<answer>", "<start><end>", "<REFINE>"])
+def test_parse_is_linear_in_repeated_unclosed_tags(unit):
+    """1 MB of one unclosed tag over and over: a lazy regex retried its scan from every copy
+    (80,000 characters took 9-13 s); two finds per tag read the text a few times."""
+    parsed = parse_response(unit * (1_000_000 // len(unit)))  # quadratic, this took hours
+    assert not parsed.well_formed and parsed.answer is None
+
+
+def test_first_tag_then_first_close_after_it():
+    parsed = parse_response("</think><think>a<think>b</think>c</think><answer>matched</answer>")
+    assert parsed.think == "a<think>b" and parsed.answer == "matched"
