@@ -65,3 +65,52 @@ def test_paths_are_absolute_and_models_cached_per_user(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert load_config("cpu_tiny").paths.model_cache == str(
         tmp_path / "home" / ".cache" / "videosearch-r1" / "models")
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("rollout.group_size=-1", ">= 2"), ("rollout.group_size=1", ">= 2"),
+    ("rollout.max_turns=0", ">= 1"), ("rollout.sampling.temperature=nan", "> 0"),
+    ("rollout.sampling.temperature=0", "> 0"), ("rollout.sampling.top_p=1.5", "(0, 1]"),
+    ("learner.zero_stage=7", "one of 0, 1, 2, 3"), ("retrieval.num_shards=0", ">= 1"),
+    ("train.grpo_video_fraction=1.5", "[0, 1)"), ("rollout.gpu_memory_utilization=5", "(0, 1]"),
+    ("retrieval.serve_port=99999", "[1, 65535]"), ("retrieval.serve_port=0", "[1, 65535]"),
+    ("model.dtype=bogus", "one of float32"), ("learner.lr=-1", "> 0"),
+    ("train.max_query_draws=0", ">= 1"), ("corpus.synth.test_fraction=1", "[0, 1)"),
+    ("rollout.block_size=0", "null or >= 1"), ("learner.grpo_lr=inf", "null or > 0"),
+])
+def test_out_of_range_values_name_key_value_and_range(override, allowed):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError) as err:
+        load_config("cpu_tiny", [override])
+    assert f"{key} = " in str(err.value) and allowed in str(err.value)
+
+
+def test_every_preset_is_in_range():
+    from config.loader import PRESETS_DIR
+
+    for preset in PRESETS_DIR.glob("*.yaml"):
+        load_config(preset.stem)
+
+
+def test_the_checked_dtypes_are_the_loaders():
+    from config.checks import DTYPES
+    from models.loading import DTYPES as LOADER_DTYPES
+
+    assert set(DTYPES) == set(LOADER_DTYPES)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("rollout: 5\n", "'rollout'"), ("rollout:\n  sampling: 3\n", "'rollout.sampling'"),
+    ("- a\n- b\n", "top level must be a mapping"), ("train:\n  sft_steps: many\n", "'train.sft_steps'"),
+])
+def test_a_preset_file_that_does_not_fit_names_the_file_and_key(tmp_path, text, where):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=str(path)) as err:
+        load_config(path)
+    assert where in str(err.value)
+
+
+def test_a_scalar_override_where_a_section_belongs_names_the_key():
+    with pytest.raises(ConfigError, match="'rollout' in override 'rollout=5'"):
+        load_config("cpu_tiny", ["rollout=5"])
