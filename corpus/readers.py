@@ -150,9 +150,23 @@ def _object(value, what: str) -> dict:
     return value
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes without a UTF-8 byte-order mark (editors on Windows write one, and it
+    would end up in the first video id); a path that is not a readable file is an error."""
+    if path.is_dir():
+        raise AnnotationError(f"{path} is a directory, not an annotation file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such annotation file") from None
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read ({e.strerror or e})") from None
+    return data.removeprefix(b"\xef\xbb\xbf")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str | None]]:
     """Non-blank lines with 1-based numbers; None for a line that is not UTF-8."""
-    for no, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    for no, raw in enumerate(_read_bytes(path).splitlines(), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -164,7 +178,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str | None]]:
 
 def _load_json(path: Path):
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(_read_bytes(path))
     except json.JSONDecodeError as e:
         msg = f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         raise AnnotationError(msg) from e
@@ -261,6 +275,11 @@ def read_didemo(path, split: str, strict: bool = False) -> ReadResult:
             duration = DIDEMO_DEFAULT_DURATION_S
             if "duration" in obj:
                 duration = _get(obj, "duration", "number")
+            elif "num_segments" in obj:  # the release's own length field, in 5 s chunks
+                segments = _get(obj, "num_segments", "number")
+                if not 0 < segments < math.inf:
+                    raise _Skip(f"bad num_segments {segments} (must be positive)")
+                duration = segments * DIDEMO_CHUNK_S
             start, end = _didemo_span(_get(obj, "times", "list"))
             if math.isfinite(duration) and start >= duration:
                 raise _Skip(f"span beyond duration (start {start} >= duration {duration})")
@@ -312,6 +331,15 @@ READERS: dict[str, Callable[..., ReadResult]] = {
 
 
 def read_annotations(fmt: str, path, split: str, strict: bool = False, **kw) -> ReadResult:
+    """Read one annotation file. A file from which no query at all is read is an error (most
+    often the wrong format for the file), not an empty table."""
     if fmt not in READERS:
         raise ValueError(f"unknown annotation format {fmt!r}; known: {sorted(READERS)}")
-    return READERS[fmt](path, split, strict=strict, **kw)
+    result = READERS[fmt](path, split, strict=strict, **kw)
+    if result.report.read == 0:
+        first = result.report.problems[0] if result.report.problems else None
+        raise AnnotationError(
+            f"{path}: no valid {fmt} annotation read ({len(result.report.problems)} rows skipped"
+            + (f"; the first: {first}" if first else "; the file holds no rows")
+            + f"): is it a {fmt} file?")
+    return result

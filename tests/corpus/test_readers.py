@@ -253,11 +253,15 @@ def test_read_annotations_dispatch(tmp_path):
     assert set(readers.READERS) == {"charades", "fig", "didemo", "activitynet"}
     f = tmp_path / "c.txt"
     f.write_text("AAA 0 8##ok\n")
-    res = readers.read_annotations("charades", f, "train", durations={"AAA": 5.0})
+    res = readers.read_charades(f, "train", durations={"AAA": 5.0})
     assert res.table.num_rows == 0
     assert res.report.problems == [
         Problem(str(f), 1, "span beyond duration (end 8.0 > duration 5.0)")
     ]
+    # through the dispatcher, a file that yields nothing is an error naming the first problem
+    with pytest.raises(AnnotationError, match=r"no valid charades annotation read \(1 rows skipped; "
+                       r"the first: .*span beyond duration"):
+        readers.read_annotations("charades", f, "train", durations={"AAA": 5.0})
     with pytest.raises(ValueError, match="unknown annotation format 'tvr'"):
         readers.read_annotations("tvr", f, "train")
     with pytest.raises(FileNotFoundError, match="nope.txt"):
@@ -322,3 +326,43 @@ def test_read_queries_reorders_and_casts(tmp_path):
     assert t.schema.equals(schema.QUERY_SCHEMA)
     assert t.column("end_s").to_pylist() == [1.0]
     assert t.column("duration_s").to_pylist() == [2.0]
+
+
+def test_the_wrong_format_for_a_file_is_an_error_not_an_empty_table(tmp_path):
+    f = tmp_path / "anet.json"
+    f.write_text(json.dumps({"v1": {"duration": 20.0, "timestamps": [[1, 5]], "sentences": ["a"]}}))
+    assert readers.read_annotations("activitynet", f, "train").table.num_rows == 1
+    for fmt in ("fig", "charades"):
+        with pytest.raises(AnnotationError, match=f"is it a {fmt} file"):
+            readers.read_annotations(fmt, f, "train")
+    with pytest.raises(AnnotationError, match="expected a JSON list, got dict"):
+        readers.read_annotations("didemo", f, "train")
+
+
+def test_a_directory_or_unreadable_path_is_a_clear_error(tmp_path):
+    with pytest.raises(AnnotationError, match="is a directory, not an annotation file"):
+        readers.read_annotations("fig", tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="no such annotation file"):
+        readers.read_annotations("didemo", tmp_path / "nope.json", "train")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
+    line = json.dumps({"video": "v1", "time": [1, 3], "duration": 10.0, "fig_desc": "a man"})
+    f = tmp_path / "fig.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + line.encode() + b"\n")
+    assert readers.read_fig(f, "test").table.column("video_id").to_pylist() == ["v1"]
+    g = tmp_path / "didemo.json"
+    g.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"video": "v2.mp4", "description": "x",
+                                                 "annotation_id": 1, "times": [[0, 0]]}]).encode())
+    assert readers.read_didemo(g, "test").table.column("video_id").to_pylist() == ["v2.mp4"]
+
+
+def test_didemo_duration_follows_num_segments(tmp_path):
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps([
+        {"video": "a.mp4", "description": "x", "annotation_id": 1, "times": [[0, 1]], "num_segments": 4},
+        {"video": "b.mp4", "description": "y", "annotation_id": 2, "times": [[4, 5]], "num_segments": 4},
+    ]))
+    res = readers.read_didemo(f, "test")
+    assert res.table.column("duration_s").to_pylist() == [20.0]
+    assert "beyond duration" in res.report.problems[0].reason  # chunk 4 starts at 20 s
