@@ -28,7 +28,7 @@ def evaluate(session, split: str, tag: str) -> dict:
     out = Path(session.work) / "eval" / tag
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / "predictions.parquet")
-    write_tvr_submission(table, out / "tvr_submission.json", sorted(session.corpus.video_paths))
+    write_tvr_submission(table, out, sorted(session.corpus.video_paths))
     metrics = compute_metrics(table)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     final = metrics["final"]

@@ -1,4 +1,3 @@
-import json
 import math
 import random
 
@@ -6,7 +5,6 @@ import pyarrow as pa
 import pytest
 
 from evaluation.metrics import compute_metrics
-from evaluation.tvr import write_tvr_submission
 
 
 def row(qid, turn, gt, pred, answer, span, final, gt_span=(0.0, 10.0), **extra):
@@ -209,51 +207,3 @@ def test_empty_input():
     assert compute_metrics([]) == empty
     schema = pa.schema([("query_id", pa.string()), ("turn", pa.int64())])
     assert compute_metrics(schema.empty_table()) == empty
-
-
-def test_tvr_submission(tmp_path):
-    rows = [
-        *ROWS,
-        row(7, 1, "v2", "v2", "matched", (float("nan"), 3.0), True, query_text="a dog", retrieved_scores=[0.25, 0.1]),
-        row("q5", 1, "v1", None, None, None, True),
-    ]
-    path = write_tvr_submission(
-        rows,
-        tmp_path / "sub" / "tvr.json",
-        ["v1", "v2", "v3", "v4", "v7", "v8", "v9"],
-    )
-    sub = json.loads(path.read_text())
-    assert sub["video2idx"] == {"v1": 0, "v2": 1, "v3": 2, "v4": 3, "v7": 4, "v8": 5, "v9": 6}
-    vcmr = {e["desc_id"]: e for e in sub["VCMR"]}
-    assert [e["desc_id"] for e in sub["VCMR"]] == ["q1", "q2", "q3", "q4", 7, "q5"]
-    assert vcmr["q1"]["predictions"] == [[0, 5.0, 15.0, 1.0]]
-    assert vcmr["q2"]["predictions"] == [[1, 0.0, 10.0, 1.0]]
-    assert vcmr["q3"]["predictions"] == [[5, 0.0, 0.0, 1.0]]  # final turn's video, no span
-    assert vcmr["q4"]["predictions"] == [[3, 0.0, 20.0, 1.0]]
-    assert vcmr[7] == {
-        "desc_id": 7,
-        "desc": "a dog",
-        "predictions": [[1, 0.0, 0.0, 0.25]],
-    }  # NaN start
-    assert vcmr["q5"]["predictions"] == []  # nothing retrieved
-    assert "desc" not in vcmr["q1"]
-
-
-def test_tvr_unknown_video(tmp_path):
-    # only final rows are written, so q1's turn-1 v9 is never looked up; q3's final v8 is
-    with pytest.raises(ValueError, match="v8"):
-        write_tvr_submission(ROWS, tmp_path / "x.json", ["v1", "v2"])
-
-
-def test_tvr_from_table_keeps_int_ids(tmp_path):
-    rows = [{**r, "query_id": int(r["query_id"][1:]), "retrieved_scores": [0.5]} for r in ROWS]
-    videos = ["v1", "v2", "v3", "v4", "v7", "v8", "v9"]
-    path = write_tvr_submission(pa.Table.from_pylist(rows), tmp_path / "t.json", videos)
-    vcmr = json.loads(path.read_text())["VCMR"]
-    assert [e["desc_id"] for e in vcmr] == [1, 2, 3, 4]
-    assert [e["predictions"] for e in vcmr] == [
-        [[0, 5.0, 15.0, 0.5]],
-        [[1, 0.0, 10.0, 0.5]],
-        [[5, 0.0, 0.0, 0.5]],
-        [[3, 0.0, 20.0, 0.5]],
-    ]
