@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import decord
 import numpy as np
 
@@ -46,6 +47,7 @@ class DecodedVideo:
     timestamps: np.ndarray  # float64 [T], seconds from the start
     duration_s: float
     source_fps: float
+    decoder: str = "decord"  # "pyav" for a file decord could not read
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -71,11 +73,15 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h, w
 
 
-def _open(path: Path, **size) -> decord.VideoReader:
+def _check_file(path: Path) -> None:
     if not path.is_file():
         raise VideoNotFoundError(path, "not a regular file" if path.exists() else "no such video file")
     if path.stat().st_size == 0:
         raise EmptyVideoError(path, "video file is empty (0 bytes)")
+
+
+def _open(path: Path, **size) -> decord.VideoReader:
+    _check_file(path)
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, **size)
     except Exception as e:  # decord raises DECORDError/RuntimeError for anything unreadable
@@ -155,16 +161,57 @@ def _decode_cached(path: str, identity, fps: float, max_frames: int, max_pixels:
 
 def _decode(path: Path, fps: float, max_frames: int, max_pixels: int,
             min_pixels: int) -> DecodedVideo:
-    reader = _open(path)
-    num_frames, source_fps = len(reader), float(reader.get_avg_fps())
-    duration = num_frames / source_fps
-    times = sample_times(duration, fps, max_frames)
+    """Decord at the target size straight away (it fails to convert some frame widths, 16, 24
+    or 48 pixels among them, at full size); PyAV when decord cannot read the file at all."""
+    _check_file(path)
+    try:
+        with av.open(str(path)) as container:  # the size from the header, nothing decoded
+            stream = container.streams.video[0]
+            height, width = stream.height, stream.width
+    except Exception as e:  # PyAV raises its own error types, IndexError for no video stream
+        raise CorruptVideoError(path, f"cannot open video: {_first_line(e)}") from e
+    if not height or not width:
+        raise CorruptVideoError(path, f"video reports an unusable frame size {width}x{height}")
+    h, w = smart_resize(height, width, SIZE_FACTOR, min_pixels, max_pixels)
+    try:
+        reader = _open(path, width=w, height=h)
+        num_frames, source_fps = len(reader), float(reader.get_avg_fps())
+        times, indices = _sample(num_frames, source_fps, fps, max_frames)
+        return DecodedVideo(_read(reader, path, indices), times, num_frames / source_fps, source_fps)
+    except (CorruptVideoError, EmptyVideoError) as decord_error:
+        try:
+            return _decode_pyav(path, fps, max_frames, h, w)
+        except Exception:  # PyAV cannot read it either: decord's message is the one to see
+            raise decord_error from None
+
+
+def _sample(num_frames: int, source_fps: float, fps: float, max_frames: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(times, frame indices) of the frames to show from a video of num_frames at source_fps."""
+    times = sample_times(num_frames / source_fps, fps, max_frames)
     # Half-up rounding, not numpy's half-to-even, so the frame for t is independent of parity.
     indices = np.clip(np.floor(times * source_fps + 0.5).astype(np.int64), 0, num_frames - 1)
+    return times, indices
 
-    height, width = _read(reader, path, indices[:1]).shape[1:3]
-    h, w = smart_resize(height, width, SIZE_FACTOR, min_pixels, max_pixels)
-    if (h, w) != (height, width):
-        # Resizing inside the decoder avoids holding full-resolution frames in memory.
-        reader = _open(path, width=w, height=h)
-    return DecodedVideo(_read(reader, path, indices), times, duration, source_fps)
+
+def _decode_pyav(path: Path, fps: float, max_frames: int, h: int, w: int) -> DecodedVideo:
+    """Decoded in order, no seeking (a file decord failed on may have no usable index); only
+    the sampled frames are converted and kept. The frame count is the header's, or counted in
+    a first pass when the header has none."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        source_fps = float(stream.average_rate or 0)
+        num_frames = stream.frames or sum(1 for _ in container.decode(stream))
+    if not num_frames:
+        raise EmptyVideoError(path, "video has no frames")
+    if not source_fps > 0:
+        raise CorruptVideoError(path, f"video reports an unusable frame rate {source_fps!r}")
+    times, indices = _sample(num_frames, source_fps, fps, max_frames)
+    wanted = set(indices.tolist())
+    with av.open(str(path)) as container:
+        kept = {i: f.to_ndarray(width=w, height=h, format="rgb24")
+                for i, f in enumerate(container.decode(container.streams.video[0])) if i in wanted}
+    if len(kept) < len(wanted):
+        raise CorruptVideoError(path, f"decoded {len(kept)} of the {len(wanted)} sampled frames")
+    return DecodedVideo(np.stack([kept[i] for i in indices]), times, num_frames / source_fps,
+                        source_fps, decoder="pyav")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class IndexReport:
     seconds: float  # embedding stage of this run, pipeline start-up included
     index_dir: str
     failures: list[Failure] = field(default_factory=list)
+    decoders: dict[str, int] = field(default_factory=dict)  # decoder -> videos it read
 
     @property
     def videos_per_s(self) -> float:
@@ -61,20 +63,22 @@ class IndexReport:
         lines = [f"{self.num_videos} videos: {self.embedded} embedded ({self.videos_per_s:.2f}/s), "
                  f"{self.skipped} already done, {len(self.failures)} failed; "
                  f"{self.indexed} indexed in shards {self.shard_counts} -> {self.index_dir}"]
+        if set(self.decoders) - {"decord"}:  # worth a line only when a fallback was needed
+            lines.append("  decoded by " + ", ".join(f"{k}: {v}" for k, v in sorted(self.decoders.items())))
         lines += [f"  failed {f.video_id} ({f.path}): {f.reason}" for f in self.failures]
         return "\n".join(lines)
 
 
 def decode_row(row: dict, video: VideoConfig) -> dict:
     """Ray Data map: a videos-table row -> frames, or an error message for the report."""
-    out = {"video_id": row["video_id"], "path": row["path"], "error": ""}
+    out = {"video_id": row["video_id"], "path": row["path"], "error": "", "decoder": ""}
     try:
         d = decode_video(row["path"], video, cache=False)
     except VideoDecodeError as e:
         return out | {"error": f"{type(e).__name__}: {e}", "frames": np.zeros((0, 0, 0, 3), np.uint8),
                       "timestamps": np.zeros(0), "duration_s": 0.0, "source_fps": 0.0}
     return out | {"frames": d.frames, "timestamps": d.timestamps, "duration_s": d.duration_s,
-                  "source_fps": d.source_fps}
+                  "source_fps": d.source_fps, "decoder": d.decoder}
 
 
 class EmbedBatch:
@@ -92,7 +96,7 @@ class EmbedBatch:
         emb = np.full((len(ok), self.embedder.dim), np.nan, np.float32)
         emb[ok] = self.embedder.encode_videos(videos)
         return {"video_id": batch["video_id"], "path": batch["path"], "error": batch["error"],
-                "embedding": emb}
+                "decoder": batch["decoder"], "embedding": emb}
 
 
 def _embeddings_schema(dim: int) -> pa.Schema:
@@ -161,23 +165,25 @@ def pipeline(rows: list[dict], embedder_dir: Path, cfg: Config, num_actors: int,
 
 
 def collect(ds: ray.data.Dataset, total: int, directory: Path, mid: str,
-            progress: bool) -> list[Failure]:
-    """Drains the pipeline, writing embeddings in atomic parts; returns the failures."""
-    failures, ids, vectors = [], [], []
+            progress: bool) -> tuple[list[Failure], Counter]:
+    """Drains the pipeline, writing embeddings in atomic parts; returns the failures and how
+    many videos each decoder read."""
+    failures, ids, vectors, decoders = [], [], [], Counter()
     with tqdm(total=total, desc="embed videos", unit="video", disable=not progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for vid, path, err, emb in zip(batch["video_id"], batch["path"], batch["error"],
-                                           batch["embedding"], strict=True):
+            for vid, path, err, decoder, emb in zip(batch["video_id"], batch["path"], batch["error"],
+                                                    batch["decoder"], batch["embedding"], strict=True):
                 if err:
                     failures.append(Failure(str(vid), str(path), str(err)))
                 else:
+                    decoders[str(decoder)] += 1
                     ids.append(str(vid))
                     vectors.append(emb)
             if len(ids) >= FLUSH_ROWS:
                 _flush(directory, ids, vectors, mid)
             bar.update(len(batch["video_id"]))
     _flush(directory, ids, vectors, mid)
-    return failures
+    return failures, decoders
 
 
 def build_index(cfg: Config, videos_path: str | Path, out_dir: str | Path, *,
@@ -199,10 +205,10 @@ def build_index(cfg: Config, videos_path: str | Path, out_dir: str | Path, *,
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # tqdm counts videos
     start = time.perf_counter()
     try:
-        failures = []
+        failures, decoders = [], Counter()
         if todo:
             ds = pipeline(todo, embedder_dir, cfg, num_actors, batch_size)
-            failures = collect(ds, len(todo), directory, mid, progress)
+            failures, decoders = collect(ds, len(todo), directory, mid, progress)
     finally:
         ctx.enable_progress_bars = bars
     seconds = time.perf_counter() - start
@@ -213,6 +219,6 @@ def build_index(cfg: Config, videos_path: str | Path, out_dir: str | Path, *,
     num_videos = len(in_table)
     report = IndexReport(mid, num_videos, len(todo) - len(failures), num_videos - len(todo),
                          manifest["count"], manifest["shard_counts"], seconds, str(out_dir),
-                         failures)
+                         failures, dict(decoders))
     (out_dir / REPORT).write_text(json.dumps(asdict(report), indent=1))
     return report

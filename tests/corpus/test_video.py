@@ -132,3 +132,32 @@ def test_bad_files_raise_typed_errors(clip, tmp_path, content, error):
             call()
         assert isinstance(info.value, VideoDecodeError)
         assert info.value.path == str(path) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("width", [16, 24, 48])
+def test_narrow_frames_decode_at_the_target_size(tmp_path, width):
+    """decord cannot convert frames of these widths at full size ("from_size == to_size");
+    decoding straight to the target size works."""
+    path = write_clip(tmp_path / f"w{width}.mp4", frames=8, height=32, width=width)
+    v = decode_video(path, VideoConfig(fps=2.0, max_frames=8, max_pixels=64 * 64, min_pixels=32 * 32),
+                     cache=False)
+    assert v.decoder == "decord" and v.frames.shape[0] == 4 and v.frames.shape[1] == 32
+
+
+def test_a_file_decord_cannot_read_is_decoded_by_pyav(tmp_path):
+    """An animated GIF: decord fails to open it, PyAV reads it; the same sampling rule applies."""
+    path = tmp_path / "clip.gif"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("gif", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "rgb8"
+        for i in range(8):  # brighter every frame
+            img = np.full((64, 64, 3), 30 * i, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+    with pytest.raises(Exception):  # noqa: B017 - decord's own error type is untyped
+        import decord
+        decord.VideoReader(str(path))
+    v = decode_video(path, VideoConfig(fps=2.0, max_frames=8, max_pixels=64 * 64), cache=False)
+    assert v.decoder == "pyav" and v.duration_s == 2.0 and list(v.timestamps) == [0.0, 0.5, 1.0, 1.5]
+    means = v.frames.reshape(4, -1).mean(axis=1)
+    assert all(np.diff(means) > 20)  # frames 0, 2, 4, 6: the sampled ones, in order

@@ -31,6 +31,7 @@ def test_index_resume_and_report(ray_cluster, cfg, synth, synth_embeddings, tmp_
     out = tmp_path / "index"
     first = build_index(cfg, table_with_broken_videos(synth, tmp_path, 30), out, progress=False)
     assert (first.embedded, first.skipped, first.indexed) == (30, 0, 30)
+    assert first.decoders == {"decord": 30}  # which decoder read each embedded video
     assert {f.video_id for f in first.failures} == {"zz_corrupt", "zz_missing"}
     reasons = {f.video_id: f.reason for f in first.failures}
     assert reasons["zz_corrupt"].startswith("CorruptVideoError")
@@ -42,6 +43,7 @@ def test_index_resume_and_report(ray_cluster, cfg, synth, synth_embeddings, tmp_
     assert second.indexed == synth.num_videos and len(second.failures) == 2
     third = build_index(cfg, full, out, progress=False)
     assert (third.embedded, third.skipped, third.indexed) == (0, synth.num_videos, synth.num_videos)
+    assert third.decoders == {}
     assert json.loads((out / REPORT).read_text())["failures"][0]["video_id"].startswith("zz_")
 
     # The pipeline's vectors are the embedder's, and the shards hold exactly them.
