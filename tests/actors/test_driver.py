@@ -27,6 +27,9 @@ SHORT = [
     "train.grpo_steps=2", "train.queries_per_step=2", "learner.micro_batch_size=4",
     "learner.checkpoint_every=1", "learner.infonce_negatives=3", "retrieval.topk=5",
     "learner.kl_beta=0.0", "learner.keep_checkpoints=1",
+    # random models earn -1 in every episode: dynamic sampling would drop every group (its
+    # path is tested in test_dynamic_sampling and runs in the job-submit test)
+    "train.dynamic_sampling=false",
 ] + TEST_MODELS
 
 
@@ -98,6 +101,8 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
     history = json.loads(open(Path(first_run["results"]).parent / "history.json").read())
     # the learner ran on as many torch threads as CPUs its rank asked for (the preset's 2)
     assert {h["threads"] for h in history} == {int(short_cfg.resources.cpus_per_learner_rank)} == {2}
+    grpo_steps = [h for h in history if h["stage"] == "grpo"]
+    assert {(h["queries_drawn"], h["groups_dropped_fraction"]) for h in grpo_steps} == {(2, 0.0)}
 
 
 def test_metrics_reach_the_prometheus_endpoint(first_run):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -81,11 +82,17 @@ def _submit(args: list[str], env: dict) -> str:
 
 
 def _status(job_id: str, address: str, env: dict) -> str:
-    """The job's state; "UNKNOWN" when `ray job status` itself failed (on a busy 2-core machine
-    the dashboard can miss its HTTP deadline while the job runs), which the caller retries."""
-    out = _run(["ray", "job", "status", "--address", address, job_id], env).stdout
-    return next((s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING") if s in out),
-                "UNKNOWN")
+    """The job's state as `ray job status` words it: "Status for job '<id>': RUNNING" while it
+    runs, "Job '<id>' succeeded" (or failed, or was stopped) once it ended, both on its log
+    stream; "UNKNOWN" when the command itself failed (a busy dashboard can miss its deadline),
+    which the caller retries."""
+    done = _run(["ray", "job", "status", "--address", address, job_id], env)
+    out = done.stdout + done.stderr
+    if m := re.search(r"Status for job '[^']+': (\w+)", out):
+        return m.group(1)
+    if m := re.search(r"Job '[^']+' (succeeded|failed|was stopped)", out):
+        return {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[m.group(1)]
+    return "UNKNOWN"
 
 
 def test_documented_local_job_reuses_models_and_writes_results_where_the_docs_say(
