@@ -14,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
-SUITES = ["retrieval", "rollout", "learner", "e2e", "trl_compare"]
+SUITES = ["retrieval", "rollout", "learner", "e2e", "trl_compare", "parse"]
 
 
 def main(only: list[str]) -> int:

@@ -95,13 +95,15 @@ def plot(history: list[dict], evals: dict[str, dict], path: Path) -> Path:
             left.plot([last if tag in ("grpo", "latest") else 0], [m["final"]["reward"]], "D",
                       markersize=8, label=f"{tag}: held-out reward")
     if left.get_legend_handles_labels()[0]:  # an empty legend makes matplotlib warn
-        left.legend(fontsize=7)
+        left.legend(fontsize=7, ncol=2, loc="lower right", framealpha=0.8)
     left.set(title="GRPO rewards per step", xlabel="step", ylabel="mean reward")
     width = 0.8 / max(1, len(evals))
     for i, (tag, m) in enumerate(evals.items()):
         turns = sorted(int(t) for t in m["per_turn"])
         vr = [m["per_turn"].get(t, m["per_turn"].get(str(t), {})).get("VR", 0.0) for t in turns]
         right.bar([t + i * width for t in turns], vr, width, label=tag)
+    turns = sorted({int(t) for m in evals.values() for t in m["per_turn"]})
+    right.set_xticks([t + width * (len(evals) - 1) / 2 for t in turns], [str(t) for t in turns])
     right.set(title="VR R@1 per turn (eval)", xlabel="turn", ylabel="%")
     if evals:  # a run without an eval stage has no bars to name
         right.legend(fontsize=8)
