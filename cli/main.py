@@ -21,7 +21,7 @@ experiment_app = typer.Typer(help="Experiments over several runs.", no_args_is_h
 app.add_typer(experiment_app, name="experiment")
 # Literal text everywhere: messages carry paths, config values and model output, and rich
 # markup would eat "[start, end]" and choke on "[/red]".
-console = Console(markup=False, highlight=False)
+console = Console(markup=False, highlight=False, soft_wrap=True)
 
 CONFIG_OPT = typer.Option("cpu_tiny", "--config", "-c",
                           help="Preset name in configs/ or a YAML path.")
