@@ -34,6 +34,23 @@ def pooled(results: list[dict]) -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def pooled_difference(results: list[dict], a: str, b: str) -> dict[str, list[float]]:
+    """{metric: [mean, low, high]} of a − b: per query the difference averaged over the seeds
+    that evaluated both, then a bootstrap over queries (the paired test of the pooled runs)."""
+    out = {}
+    for metric in CI_COLUMNS:
+        per_query: dict[str, list[float]] = {}
+        for r in results:
+            qa, qb = r["eval"].get(a, {}).get("per_query", {}), r["eval"].get(b, {}).get("per_query", {})
+            for q in qa.keys() & qb.keys():
+                if metric in qa[q] and metric in qb[q]:
+                    per_query.setdefault(q, []).append(qa[q][metric] - qb[q][metric])
+        means = [float(np.mean(v)) for v in per_query.values()]
+        if means:
+            out[metric] = [float(np.mean(means)), *mean_ci(means)]
+    return out
+
+
 def seeds_table(seeds: list[int], results: list[dict]) -> str:
     """The pooled table (mean [95 % CI]) and, per seed, GRPO − SFT with its paired interval."""
     head = f"{'pooled':<14}" + "".join(f"{c:>22}" for c in CI_COLUMNS)
@@ -50,5 +67,9 @@ def seeds_table(seeds: list[int], results: list[dict]) -> str:
         lines.append(f"{'seed ' + str(seed):<14}" + "".join(
             f"{signed_text(diff[c][0], c)} {interval_text(diff[c][1:], c)}".rjust(22)
             if c in diff else f"{'—':>22}" for c in CI_COLUMNS))
+    both = pooled_difference(results, "grpo", "sft")
+    lines.append(f"{'pooled':<14}" + "".join(
+        f"{signed_text(both[c][0], c)} {interval_text(both[c][1:], c)}".rjust(22)
+        if c in both else f"{'—':>22}" for c in CI_COLUMNS))
     lines.append(f"GRPO above SFT on mean test reward in {wins} of {len(seeds)} seeds")
     return "\n".join(lines)

@@ -52,3 +52,13 @@ def test_the_command_reuses_finished_seeds_and_stops_at_a_failed_one(tmp_path):
                                    "corpus.synth.size=7"])
     assert out.exit_code == 1 and "seed 2 failed" in out.output
     assert "even size" in (tmp_path / "seeds" / "seed2" / "train.log").read_text()
+
+
+def test_pooled_difference_pairs_each_query_over_the_seeds():
+    from evaluation.seeds import pooled_difference
+
+    out = pooled_difference(RESULTS, "grpo", "sft")
+    # per query: q0 (1 + 0) / 2, q1 (0 + 1) / 2, q2 (1 - 1.5) / 2
+    mean, low, high = out["reward"]
+    assert mean == pytest.approx((0.5 + 0.5 - 0.25) / 3) and low <= mean <= high
+    assert "pooled" in seeds_table([0, 1], RESULTS).splitlines()[-2]
