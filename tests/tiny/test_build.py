@@ -137,6 +137,9 @@ def test_shipped_models_are_copied_in_checked_and_only_for_their_recipe(tmp_path
     for a, b in zip(built, got, strict=True):
         assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     assert json.loads((tmp_path / "cache" / MANIFEST).read_text())["source"] == str(shipped)
+    build_tiny_models(tmp_path / "cache", video=video, pretrain=NO_PRETRAIN, shipped=shipped,
+                      force=True)  # `models tiny --force`: built here although shipped
+    assert "source" not in json.loads((tmp_path / "cache" / MANIFEST).read_text())
 
     other = build_tiny_models(tmp_path / "other", video=VideoConfig(max_frames=16),
                               pretrain=NO_PRETRAIN, shipped=shipped)  # another recipe: built here
