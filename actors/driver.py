@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,30 @@ def init_ray(cfg: Config) -> None:
     ray.init(address="local", num_cpus=cpus, include_dashboard=True,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
                                        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gib)))}})
+
+
+def required_cpus(cfg: Config) -> float:
+    """CPUs the job's long-lived actors ask for at once: the index shards and the query
+    encoder, the policy workers, the learner ranks (during SFT and GRPO)."""
+    res = cfg.resources
+    return ((cfg.retrieval.num_shards + 1 + res.num_policy_workers) * res.cpus_per_actor
+            + res.num_learner_ranks * res.cpus_per_learner_rank)
+
+
+def cpu_shortfall(cfg: Config, available: float) -> str | None:
+    """What to tell a user whose cluster cannot place the job's actors: they would wait for
+    CPUs forever on a fixed cluster (an autoscaling one adds nodes, so this only warns)."""
+    need = required_cpus(cfg)
+    if available >= need:
+        return None
+    return (f"the Ray cluster has {available:g} CPUs and this job's actors ask for {need:g} "
+            f"({cfg.retrieval.num_shards} index shards, a query encoder and "
+            f"{cfg.resources.num_policy_workers} policy workers at resources.cpus_per_actor="
+            f"{cfg.resources.cpus_per_actor:g}, {cfg.resources.num_learner_ranks} learner ranks at "
+            f"resources.cpus_per_learner_rank={cfg.resources.cpus_per_learner_rank:g}); unless "
+            "the cluster autoscales, the job waits for them forever. On one machine start the "
+            "head with logical CPUs to spare (ray start --head --num-cpus=8: the tiny default's "
+            "actors are mostly idle), or lower those resources")
 
 
 def start_workers(s: Session) -> None:
@@ -333,6 +358,8 @@ def open_session(cfg: Config, with_workers: bool = True) -> Session:
     s = _prepare(cfg)
     cfg = s.cfg
     init_ray(cfg)
+    if shortfall := cpu_shortfall(cfg, ray.cluster_resources().get("CPU", 0.0)):
+        print(f"WARNING: {shortfall}", file=sys.stderr, flush=True)
     s.metrics = TrainMetrics(s.work / "tensorboard")
     s.results["index"] = stage_index(s)
     s.router = start_retrieval(cfg, s.index_dir)

@@ -33,3 +33,14 @@ def test_the_split_follows_the_seed():
 def test_a_fraction_outside_0_1_is_refused(fraction):
     with pytest.raises(ValueError, match="grpo_video_fraction"):
         grpo_only_videos(TRAIN, fraction, seed=0)
+
+
+def test_a_cluster_short_of_cpus_is_told_how_to_start_the_head():
+    from actors.driver import cpu_shortfall, required_cpus
+    from config import load_config
+
+    cfg = load_config("cpu_tiny")
+    assert required_cpus(cfg) == 2 + 1 + 1 + 2  # shards, encoder, worker; the learner rank's 2
+    message = cpu_shortfall(cfg, 2.0)
+    assert "has 2 CPUs" in message and "ask for 6" in message and "--num-cpus=8" in message
+    assert cpu_shortfall(cfg, 8.0) is None
