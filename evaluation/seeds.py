@@ -28,10 +28,15 @@ def pooled(results: list[dict]) -> dict[str, dict[str, list[float]]]:
                 for q, values in run.items():
                     if metric in values:
                         per_query.setdefault(q, []).append(values[metric])
-            means = [float(np.mean(v)) for v in per_query.values()]
-            if means:
-                out[tag][metric] = [float(np.mean(means)), *mean_ci(means)]
+            if per_query:
+                out[tag][metric] = _over_queries(per_query)
     return out
+
+
+def _over_queries(per_query: dict[str, list[float]]) -> list[float]:
+    """[mean, low, high]: each query's values averaged over its seeds, then resampled by query."""
+    means = [float(np.mean(v)) for v in per_query.values()]
+    return [float(np.mean(means)), *mean_ci(means)]
 
 
 def pooled_difference(results: list[dict], a: str, b: str) -> dict[str, list[float]]:
@@ -42,12 +47,11 @@ def pooled_difference(results: list[dict], a: str, b: str) -> dict[str, list[flo
         per_query: dict[str, list[float]] = {}
         for r in results:
             qa, qb = r["eval"].get(a, {}).get("per_query", {}), r["eval"].get(b, {}).get("per_query", {})
-            for q in qa.keys() & qb.keys():
+            for q in sorted(qa.keys() & qb.keys()):  # a set's order varies by process
                 if metric in qa[q] and metric in qb[q]:
                     per_query.setdefault(q, []).append(qa[q][metric] - qb[q][metric])
-        means = [float(np.mean(v)) for v in per_query.values()]
-        if means:
-            out[metric] = [float(np.mean(means)), *mean_ci(means)]
+        if per_query:
+            out[metric] = _over_queries(per_query)
     return out
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from actors.driver import check_outputs_outlive_the_job, ray_job_copy
+from actors.job_checks import check_outputs_outlive_the_job, ray_job_copy
 from config import load_config
 
 

@@ -36,7 +36,7 @@ def test_a_fraction_outside_0_1_is_refused(fraction):
 
 
 def test_a_cluster_short_of_cpus_is_told_how_to_start_the_head():
-    from actors.driver import cpu_shortfall, required_cpus
+    from actors.job_checks import cpu_shortfall, required_cpus
     from config import load_config
 
     cfg = load_config("cpu_tiny")
