@@ -31,7 +31,7 @@ from actors.retrieval import RouterClient, start_retrieval
 from actors.rollout_pool import Weights, WorkerPool
 from actors.train_metrics import TrainMetrics
 from config.schema import Config
-from corpus.tables import CorpusTables, Query, load_corpus
+from corpus.tables import CorpusTables, Query, load_built_corpus, load_corpus
 from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
 from models.loading import model_dirs
@@ -303,8 +303,7 @@ def _prepare(cfg: Config) -> Session:
         synth = generate_corpus(cfg.corpus.synth, work / "corpus", progress=True)
         corpus = load_corpus(synth.videos_path, synth.queries_path, moments_of(synth))
     else:
-        corpus = load_corpus(Path(cfg.corpus.video_dir) / "videos.parquet",
-                             Path(cfg.corpus.video_dir) / "queries.parquet")
+        corpus = load_built_corpus(cfg.corpus.video_dir, cfg.corpus.source)
     cfg = with_tiny_models(cfg)
     policy_dir, embedder_dir = model_dirs(cfg)
     return Session(cfg, work, corpus, policy_dir, embedder_dir, work / "index")

@@ -23,12 +23,13 @@ app.add_typer(experiment_app, name="experiment")
 # markup would eat "[start, end]" and choke on "[/red]".
 console = Console(markup=False, highlight=False, soft_wrap=True)
 
-CONFIG_OPT = typer.Option("cpu_tiny", "--config", "-c",
-                          help="Preset name in configs/ or a YAML path.")
+CONFIG_OPT = typer.Option(["cpu_tiny"], "--config", "-c",
+                          help="Preset name in configs/ or a YAML path; repeat to layer "
+                          "presets, later ones win (e.g. -c charades_fig -c local_tiny).")
 OVERRIDES_ARG = typer.Argument(None, help="key=value overrides, e.g. rollout.group_size=4")
 
 
-def _cfg(config: str, overrides: list[str] | None):
+def _cfg(config: list[str], overrides: list[str] | None):
     try:
         return load_config(config, overrides or [])
     except ConfigError as exc:
@@ -57,13 +58,13 @@ def doctor() -> None:
 
 
 @app.command("config")
-def show_config(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+def show_config(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
     """Print the resolved configuration."""
     console.print(to_yaml(_cfg(config, overrides)))
 
 
 @corpus_app.command("synth")
-def corpus_synth(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+def corpus_synth(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
     """Generate the deterministic synthetic corpus into <workdir>/corpus."""
     from corpus.synth import generate_corpus
 
@@ -72,30 +73,51 @@ def corpus_synth(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG)
     console.print(f"{out.num_videos} videos, {out.num_queries} queries -> {out.out_dir}")
 
 
-@corpus_app.command("import")
-def corpus_import(
-    fmt: str = typer.Argument(..., help="charades | fig | didemo | activitynet"),
-    path: Path = typer.Argument(..., help="annotation file"),
-    split: str = typer.Option("test", help="split name to record"),
-    out: Path = typer.Option(..., help="output Parquet file (query schema)"),
-    strict: bool = typer.Option(False, help="fail on the first malformed row"),
+@corpus_app.command("build")
+def corpus_build(
+    fmt: str = typer.Option(..., "--format", help="charades | fig | didemo | activitynet"),
+    annotations: list[str] = typer.Option(..., "--annotations", help="SPLIT=PATH, once per "
+                                          "split (train, val, test)"),
+    videos: Path = typer.Option(..., "--videos", help="folder of video files (searched "
+                                "recursively: .mp4 .mkv .webm .avi .mov)"),
+    out: Path = typer.Option(..., "--out", help="corpus directory to write; a rerun probes "
+                             "only files it has not probed yet"),
+    strict: bool = typer.Option(False, help="fail on the first problem instead of reporting it"),
 ) -> None:
-    """Read a public annotation file into the query Parquet schema, with a report."""
-    from corpus.readers import AnnotationError, read_annotations
-    from corpus.schema import write_parquet
+    """Build videos.parquet + queries.parquet from a folder of videos and annotation files,
+    probing every video (Ray Data), with a report of everything left out. Train on it with
+    corpus.source=<format> corpus.video_dir=<out>."""
+    import logging
 
+    from corpus.build import REPORT, BuildError, build_corpus
+    from corpus.readers import READERS
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the build's own bar says enough
+
+    if fmt not in READERS:
+        console.print(f"unknown --format {fmt!r}; one of: {', '.join(READERS)}", style="red")
+        raise typer.Exit(2)
+    files = {}
+    for item in annotations:
+        split, sep, path = item.partition("=")
+        if not sep or not split or not path:
+            console.print(f"--annotations {item!r} is not SPLIT=PATH", style="red")
+            raise typer.Exit(2)
+        if split in files:
+            console.print(f"--annotations gives split {split!r} twice", style="red")
+            raise typer.Exit(2)
+        files[split] = path
     try:
-        result = read_annotations(fmt, path, split, strict=strict)
-    except (AnnotationError, FileNotFoundError, ValueError) as exc:
-        console.print(str(exc), style="red")
+        report = build_corpus(fmt, files, videos, out, strict=strict)
+    except BuildError as exc:
+        console.print(f"corpus build failed: {exc}", style="red")
         raise typer.Exit(1) from None
-    write_parquet(result.table, out)
-    console.print(result.report.summary())
-    console.print(f"{result.table.num_rows} queries -> {out}")
+    console.print(report.summary())
+    console.print(f"report -> {Path(report.out_dir) / REPORT}")
 
 
 @models_app.command("tiny")
-def models_tiny(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
+def models_tiny(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
                 force: bool = typer.Option(False, help="build here even if cached or shipped"),
                 ship: bool = typer.Option(False, help="then copy them into tiny/shipped/ "
                                           "(hash manifest) for the repository")) -> None:
@@ -113,7 +135,7 @@ def models_tiny(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
 
 
 @app.command()
-def train(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
+def train(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
           stages: str = typer.Option("all", help="all, or a comma list of index,sft,grpo,eval"),
           resume: bool = typer.Option(False, "--resume",
                                       help="continue a killed job from its last checkpoint")) -> None:
@@ -128,7 +150,7 @@ def train(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
 
 
 @app.command("eval")
-def evaluate(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+def evaluate(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
     """Greedy multi-turn evaluation of the configured policy on train.eval_split."""
     from actors.driver import run
 
@@ -137,7 +159,7 @@ def evaluate(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> 
 
 
 @app.command()
-def index(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+def index(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
     """Embed the corpus videos (Ray Data, resumable) and write the FAISS shards."""
     from actors.driver import run
 
@@ -146,7 +168,7 @@ def index(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> Non
 
 
 @app.command()
-def serve(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
+def serve(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> None:
     """Serve the search engine over HTTP (Ray Serve): POST /search, POST /score, GET /healthz.
 
     Uses the index built by `index` under <workdir>/index; binds retrieval.serve_host
@@ -167,7 +189,7 @@ def serve(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG) -> Non
 
 
 @experiment_app.command("seeds")
-def experiment_seeds(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
+def experiment_seeds(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
                      n: int = typer.Option(3, "--n", min=1, help="how many seeds (0..n-1)")) -> None:
     """Run the job once per train.seed (each in <workdir>/seeds/seed<i>; a finished seed is
     reused) and print the pooled table with 95 % CIs and each seed's GRPO − SFT."""
@@ -188,7 +210,8 @@ def experiment_seeds(config: str = CONFIG_OPT, overrides: list[str] = OVERRIDES_
             log = work / "train.log"
             console.print(f"seed {seed}: training, log -> {log}")
             with log.open("w") as out:
-                rc = subprocess.call([sys.executable, "-m", "cli", "train", "--config", config,
+                layers = [arg for name in config for arg in ("--config", name)]
+                rc = subprocess.call([sys.executable, "-m", "cli", "train", *layers,
                                       *(overrides or []), f"train.seed={seed}", f"paths.workdir={work}"],
                                      stdout=out, stderr=subprocess.STDOUT)
             if rc != 0 or not done.is_file():

@@ -96,4 +96,7 @@ def problems(cfg) -> list[str]:
         value = attrgetter(key)(cfg)
         if not ok(value):
             out.append(f"{key} = {value!r}: must be {allowed}")
+    if cfg.corpus.source != "synth" and not cfg.corpus.video_dir:
+        out.append(f"corpus.video_dir = '': a {cfg.corpus.source} corpus is read from the "
+                   "directory `videosearch corpus build --out` wrote; set corpus.video_dir")
     return out

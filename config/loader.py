@@ -28,20 +28,15 @@ def _preset_path(preset: str | Path) -> Path:
     return path
 
 
-def load_config(preset: str | Path | None = "cpu_tiny", overrides: list[str] = ()) -> Config:
-    """Merge schema defaults <- preset YAML <- `key=value` overrides, type- and range-checked;
-    every failure is a ConfigError naming the file or override and the key."""
+def load_config(preset: str | Path | list | tuple | None = "cpu_tiny",
+                overrides: list[str] = ()) -> Config:
+    """Merge schema defaults <- presets (in order, each after the presets it `extends`) <-
+    `key=value` overrides, type- and range-checked; every failure is a ConfigError naming the
+    file or override and the key."""
     merged = OmegaConf.structured(Config)
-    if preset is not None:
-        path = _preset_path(preset)
-        try:
-            loaded = OmegaConf.load(path)
-        except yaml.YAMLError as exc:  # its text names the line and column
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, "
-                              f"not a {type(loaded).__name__}")
-        merged = _merge(merged, loaded, str(path))
+    presets = [] if preset is None else [preset] if isinstance(preset, str | Path) else preset
+    for name in presets:
+        merged = _apply_preset(merged, name, ())
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -60,7 +55,32 @@ def load_config(preset: str | Path | None = "cpu_tiny", overrides: list[str] = (
         raise ConfigError("config values out of range:\n  " + "\n  ".join(bad))
     cfg.paths.workdir = _absolute(cfg.paths.workdir)
     cfg.paths.model_cache = _absolute(cfg.paths.model_cache)
+    if cfg.corpus.video_dir:
+        cfg.corpus.video_dir = _absolute(cfg.corpus.video_dir)
     return cfg
+
+
+def _apply_preset(merged: DictConfig, preset: str | Path, chain: tuple[Path, ...]) -> DictConfig:
+    """A preset's top-level `extends: <preset>` is applied first: the FIG presets share the
+    paper's cluster setup, `cpu_tiny` shares the CPU settings of `local_tiny`."""
+    path = _preset_path(preset)
+    if path in chain:
+        raise ConfigError(f"{path}: 'extends' loops: {' -> '.join(map(str, (*chain, path)))}")
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as exc:  # its text names the line and column
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, "
+                          f"not a {type(loaded).__name__}")
+    parent = loaded.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"{path}: 'extends' must name one preset, got {parent!r}")
+        if Path(parent).suffix in (".yaml", ".yml"):  # a file next to this one
+            parent = path.parent / parent
+        merged = _apply_preset(merged, parent, (*chain, path))
+    return _merge(merged, loaded, str(path))
 
 
 def _merge(base: DictConfig, layer: DictConfig, source: str, key: str | None = None) -> DictConfig:

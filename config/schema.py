@@ -111,11 +111,10 @@ class SynthConfig:
 
 @dataclass
 class CorpusConfig:
+    # synth: generated into <workdir>/corpus. Any other: the annotation format of a corpus
+    # built by `videosearch corpus build` into video_dir (checked against its queries).
     source: CorpusSource = CorpusSource.synth
-    # Annotation file per split for imported corpora (split name -> path).
-    annotations: dict[str, str] = field(default_factory=dict)
     video_dir: str = ""
-    strict: bool = False  # fail on the first malformed row instead of skipping it
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 

@@ -55,3 +55,20 @@ def load_corpus(videos_path: str | Path, queries_path: str | Path,
         raise ValueError(f"{queries_path}: {len(missing)} queries name videos missing from "
                          f"{videos_path}: {missing[:5]}")
     return CorpusTables(videos_path, queries_path, paths, rows, moments)
+
+
+def load_built_corpus(directory: str | Path, source: str) -> CorpusTables:
+    """The corpus `videosearch corpus build` wrote into `directory`; its queries must come
+    from the `source` format the config names (a preset pointed at the wrong corpus fails
+    here, not in training)."""
+    directory = Path(directory)
+    if not (directory / "videos.parquet").is_file():
+        raise FileNotFoundError(
+            f"corpus.video_dir={directory} holds no videos.parquet: build it with `videosearch "
+            f"corpus build --format {source} --annotations SPLIT=PATH --videos DIR --out {directory}`")
+    corpus = load_corpus(directory / "videos.parquet", directory / "queries.parquet")
+    sources = sorted({r["source"] for r in corpus.rows})
+    if sources != [source]:
+        raise ValueError(f"corpus.source={source} but {corpus.queries_path} holds {sources} "
+                         f"queries: set corpus.source to the format the corpus was built from")
+    return corpus

@@ -195,23 +195,35 @@ def _sample(num_frames: int, source_fps: float, fps: float, max_frames: int
 
 
 def _decode_pyav(path: Path, fps: float, max_frames: int, h: int, w: int) -> DecodedVideo:
-    """Decoded in order, no seeking (a file decord failed on may have no usable index); only
-    the sampled frames are converted and kept. The frame count is the header's, or counted in
-    a first pass when the header has none."""
+    """Decoded in order, no seeking (a file decord failed on may have no usable index). The
+    frames are counted in a first pass up to the first undecodable packet (a truncated file's
+    header promises frames that are not there), then only the sampled ones are converted."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         source_fps = float(stream.average_rate or 0)
-        num_frames = stream.frames or sum(1 for _ in container.decode(stream))
+        num_frames = sum(1 for _ in _frames(container))
     if not num_frames:
-        raise EmptyVideoError(path, "video has no frames")
+        raise EmptyVideoError(path, "video has no decodable frames")
     if not source_fps > 0:
         raise CorruptVideoError(path, f"video reports an unusable frame rate {source_fps!r}")
     times, indices = _sample(num_frames, source_fps, fps, max_frames)
     wanted = set(indices.tolist())
     with av.open(str(path)) as container:
         kept = {i: f.to_ndarray(width=w, height=h, format="rgb24")
-                for i, f in enumerate(container.decode(container.streams.video[0])) if i in wanted}
+                for i, f in enumerate(_frames(container)) if i in wanted}
     if len(kept) < len(wanted):
         raise CorruptVideoError(path, f"decoded {len(kept)} of the {len(wanted)} sampled frames")
     return DecodedVideo(np.stack([kept[i] for i in indices]), times, num_frames / source_fps,
                         source_fps, decoder="pyav")
+
+
+def _frames(container):
+    """The video stream's frames in order, ending quietly at the first one that fails."""
+    frames = container.decode(container.streams.video[0])
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            return
+        except av.FFmpegError:
+            return

@@ -1,4 +1,3 @@
-import json
 
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
@@ -38,20 +37,6 @@ def test_corpus_synth_and_models_tiny(tmp_path):
     assert (tmp_path / "m" / "tiny-qwen3vl-policy" / "config.json").is_file()
 
 
-def test_corpus_import_reports_bad_rows(tmp_path):
-    ann = tmp_path / "fig.jsonl"
-    good = {"video": "v1", "time": [1.0, 3.0], "duration": 10.0, "fig_desc": "a man runs",
-            "cog_desc": "", "desc_id": 7}
-    ann.write_text(json.dumps(good) + "\n{not json\n")
-    out_path = tmp_path / "q.parquet"
-    out = runner.invoke(app, ["corpus", "import", "fig", str(ann), "--out", str(out_path)])
-    assert out.exit_code == 0, out.output
-    assert pq.read_table(out_path).num_rows == 1
-    assert "fig.jsonl:2" in out.output
-    strict = runner.invoke(app, ["corpus", "import", "fig", str(ann), "--out", str(out_path), "--strict"])
-    assert strict.exit_code == 1 and "fig.jsonl:2" in strict.output
-
-
 def test_another_python_is_told_to_use_the_projects_environment():
     import subprocess
     import sys
@@ -77,3 +62,10 @@ def test_malformed_yaml_is_a_config_error_naming_file_and_line(tmp_path):
     out = runner.invoke(app, ["config", "--config", str(bad)])
     assert out.exit_code == 2
     assert str(bad) in out.output and "line 3" in out.output
+
+
+def test_presets_layer_in_order():
+    out = runner.invoke(app, ["config", "-c", "charades_fig", "-c", "local_tiny"])
+    assert out.exit_code == 0, out.output
+    assert "policy: tiny" in out.output and "source: fig" in out.output
+    assert "video_dir: /mnt/cluster_storage/corpora/charades_fig" in out.output

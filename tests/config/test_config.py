@@ -114,3 +114,46 @@ def test_a_preset_file_that_does_not_fit_names_the_file_and_key(tmp_path, text, 
 def test_a_scalar_override_where_a_section_belongs_names_the_key():
     with pytest.raises(ConfigError, match="'rollout' in override 'rollout=5'"):
         load_config("cpu_tiny", ["rollout=5"])
+
+
+FIG_PRESETS = ("charades_fig", "didemo_fig", "activitynet_fig")
+
+
+@pytest.mark.parametrize("preset", FIG_PRESETS)
+def test_fig_presets_are_the_papers_setup_on_a_built_corpus(preset):
+    cfg = load_config(preset)
+    paper = load_config("qwen3vl_2b")
+    assert cfg.corpus.source == "fig" and cfg.corpus.video_dir.endswith(preset)
+    cfg.corpus, cfg.paths.workdir = paper.corpus, paper.paths.workdir
+    assert to_yaml(cfg) == to_yaml(paper)
+
+
+@pytest.mark.parametrize("preset", FIG_PRESETS + ("qwen3vl_2b",))
+def test_local_tiny_layered_last_leaves_nothing_of_the_cluster(preset):
+    """`-c <preset> -c local_tiny` is the embedded default's setup on the preset's corpus:
+    local_tiny sets every key a GPU preset sets."""
+    local = load_config([preset, "local_tiny"])
+    default = load_config("cpu_tiny")
+    local.corpus, local.paths.workdir = default.corpus, default.paths.workdir
+    assert to_yaml(local) == to_yaml(default)
+
+
+def test_extends_applies_the_parent_first_and_names_a_loop(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: cpu_tiny\ntrain:\n  sft_steps: 7\n")
+    cfg = load_config(str(child))
+    assert cfg.train.sft_steps == 7 and cfg.corpus.synth.num_videos == 256
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="'extends' loops"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("extends: [cpu_tiny]\n")
+    with pytest.raises(ConfigError, match="must name one preset"):
+        load_config(str(tmp_path / "c.yaml"))
+
+
+def test_a_built_corpus_needs_its_directory():
+    with pytest.raises(ConfigError, match="corpus.video_dir"):
+        load_config("cpu_tiny", ["corpus.source=fig"])
+    cfg = load_config("cpu_tiny", ["corpus.source=fig", "corpus.video_dir=corpora/x"])
+    assert cfg.corpus.video_dir.startswith("/") and cfg.corpus.video_dir.endswith("corpora/x")
