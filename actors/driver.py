@@ -121,21 +121,32 @@ def _queries_of(s: Session, stage: str) -> list[Query]:
                          s.cfg.train.seed)
 
 
+def _sft_examples(s: Session, queries: list[Query], split: str,
+                  vectors: dict[str, np.ndarray]) -> list:
+    """SFT examples for a split's queries (their videos' moments only)."""
+    cfg = s.cfg
+    videos = {q.video_id for q in queries}
+    topk = asyncio.run(_topk(s, queries, cfg.retrieval.topk))
+    wanted = {q.query_id for q in queries}
+    rows = [r for r in s.corpus.rows if r["query_id"] in wanted]
+    return build_sft_examples(rows, s.corpus.video_paths, vectors, topk,
+                              cfg.learner.infonce_negatives, cfg.train.seed,
+                              annotated=[m for m in s.corpus.annotated(split)
+                                         if m["video_id"] in videos])
+
+
 def stage_sft(s: Session, state: JobState) -> dict:
     cfg = s.cfg
-    train = _queries_of(s, "sft")
-    videos = {q.video_id for q in train}
     ids, vecs = read_embeddings(s.index_dir / "embeddings" / s.results["index"]["model_id"])
     vectors = dict(zip(ids, vecs, strict=True))
-    topk = asyncio.run(_topk(s, train, cfg.retrieval.topk))
-    rows = [r for r in s.corpus.rows if r["split"] == "train" and r["video_id"] in videos]
-    examples = build_sft_examples(rows, s.corpus.video_paths, vectors, topk,
-                                  cfg.learner.infonce_negatives, cfg.train.seed,
-                                  annotated=[m for m in s.corpus.annotated("train")
-                                             if m["video_id"] in videos])
+    examples = _sft_examples(s, _queries_of(s, "sft"), "train", vectors)
+    # The refined query's InfoNCE on the val split's not-matched turns, before and after.
+    heldout = [e for e in _sft_examples(s, s.corpus.queries("val"), "val", vectors)
+               if e.answer == "not_matched"] if s.corpus.queries("val") else []
     learner = LearnerGroup(cfg)
     learner.build("sft", s.policy_dir, s.embedder_dir,
                   ds_overrides=sft_schedule(cfg.train.sft_steps, cfg.learner))
+    before = learner.sft_eval(heldout) if heldout else None
     batch = (cfg.learner.micro_batch_size * cfg.learner.grad_accum_steps
              * cfg.resources.num_learner_ranks)
     history = []
@@ -144,13 +155,20 @@ def stage_sft(s: Session, state: JobState) -> dict:
         metrics = learner.sft_step(chunk)
         history.append(metrics)
         s.metrics.learner_step(metrics, stage="sft", step=step)
+    after = learner.sft_eval(heldout) if heldout else None
     export = s.work / "checkpoints" / "sft_export"
     learner.export_hf(export)
     _sync_all(s, learner.export_weights())
     learner.shutdown()
     state.update(stage="sft", sft_export=str(export))
-    return {"steps": len(history), "first": history[0] if history else {},
-            "last": history[-1] if history else {}, "export": str(export)}
+    out = {"steps": len(history), "first": history[0] if history else {},
+           "last": history[-1] if history else {}, "export": str(export)}
+    if heldout:
+        out |= {"heldout_infonce": [before["infonce"], after["infonce"]],
+                "heldout_ce": [before["ce"], after["ce"]], "heldout_turns": len(heldout)}
+        print(f"sft: held-out InfoNCE {before['infonce']:.3f} -> {after['infonce']:.3f} "
+              f"({len(heldout)} val turns)", flush=True)
+    return out
 
 
 def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Query]:
@@ -292,7 +310,8 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
             "last_reward": history[-1]["reward_total"] if history else None}
 
 
-def _prepare(cfg: Config) -> Session:
+def prepare(cfg: Config) -> Session:
+    """The session's corpus (generated or built) and model directories; nothing started."""
     from config.schema import CorpusSource
     from corpus.synth import generate_corpus, moments_of
 
@@ -311,7 +330,7 @@ def _prepare(cfg: Config) -> Session:
 
 def open_session(cfg: Config, with_workers: bool = True) -> Session:
     """Corpus, models, Ray, the index and its router, and the policy workers."""
-    s = _prepare(cfg)
+    s = prepare(cfg)
     cfg = s.cfg
     init_ray(cfg)
     if shortfall := cpu_shortfall(cfg, ray.cluster_resources().get("CPU", 0.0)):

@@ -170,6 +170,9 @@ class LearnerGroup:
     def sft_step(self, examples: list) -> dict[str, float]:
         return self._call("sft_step", examples)
 
+    def sft_eval(self, examples: list) -> dict[str, float]:
+        return self._call("sft_eval", examples)
+
     def save(self, directory: str | Path, driver_state: dict) -> str:
         return self._call("save", str(directory), driver_state)
 

@@ -224,6 +224,47 @@ def experiment_seeds(config: list[str] = CONFIG_OPT, overrides: list[str] = OVER
     console.print(f"-> {root / 'seeds.txt'}")
 
 
+@experiment_app.command("sqr-oracle")
+def experiment_sqr_oracle(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
+                          split: str = typer.Option("test", help="the queries to refine"),
+                          steps: int = typer.Option(100, min=1, help="Adam steps per query"),
+                          lr: float = typer.Option(0.05, min=0.0, help="Adam's learning rate"),
+                          negatives: int = typer.Option(0, help="InfoNCE negatives per query "
+                                                        "(0: learner.infonce_negatives as in "
+                                                        "SFT; -1: every other video)")) -> None:
+    """The best refinement the embedder allows: free soft-token inputs optimised per query
+    against the ground truth (InfoNCE, the same hard negatives), VR@oracle vs VR@next.
+    Reads the workdir's index (run `index` or `train` first)."""
+    from dataclasses import asdict
+
+    from actors.driver import prepare
+    from evaluation.sqr_oracle import sqr_oracle
+    from retrieval_service.embedder import Embedder, model_id
+    from retrieval_service.indexing import read_embeddings
+
+    s = prepare(_cfg(config, overrides))
+    cfg = s.cfg
+    mid = model_id(s.embedder_dir, cfg.model.embed_instruction, cfg.video)
+    ids, vectors = read_embeddings(s.index_dir / "embeddings" / mid)
+    if not ids:
+        console.print(f"no embeddings for this embedder under {s.index_dir}: run `index` first",
+                      style="red")
+        raise typer.Exit(1)
+    queries = [(q.text, q.video_id) for q in s.corpus.queries(split)]
+    embedder = Embedder(s.embedder_dir, None, cfg.model.dtype, cfg.model.embed_instruction,
+                        cfg.video, device="cpu")
+    k = {0: cfg.learner.infonce_negatives, -1: len(ids) - 1}.get(negatives, negatives)
+    result = sqr_oracle(embedder, queries, ids, vectors, cfg.sqr.num_tokens, k, steps=steps,
+                        lr=lr, tau=cfg.learner.infonce_tau)
+    out = s.work / "results" / f"sqr_oracle_k{k}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(asdict(result), indent=1))
+    console.print(f"{k} negatives; {result.refined_turns} {split} queries the text search misses: VR@next "
+                  f"{result.vr_next:.1f}, VR@oracle {result.vr_oracle:.1f}; ground truth's mean "
+                  f"rank {result.rank_before:.1f} -> {result.rank_after:.1f}; InfoNCE "
+                  f"{result.infonce_before:.3f} -> {result.infonce_after:.3f}  -> {out}")
+
+
 @app.command()
 def bench(only: str = typer.Option("", help="comma-separated benchmark names")) -> None:
     """Run the benchmarks; results go to bench/results.json (summarised in BENCHMARKS.md)."""

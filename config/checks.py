@@ -70,6 +70,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "learner.zero_stage": one_of(0, 1, 2, 3),
     "learner.lr": above(0),
     "learner.grpo_lr": optional(above(0)),
+    "learner.heads_lr_scale": above(0),
     "learner.sft_warmup_fraction": within(0, 1),
     "learner.sft_min_lr_ratio": within(0, 1),
     "learner.weight_decay": at_least(0),

@@ -195,6 +195,8 @@ class LearnerConfig:
     zero_stage: int = 2
     lr: float = 1e-4
     grpo_lr: float | None = None  # GRPO's learning rate; None: the same as lr
+    # The SQR heads' learning rate as a multiple of the stage's (its own AdamW param group).
+    heads_lr_scale: float = 1.0
     # SFT warms up linearly over this fraction of its steps, then decays (cosine) to
     # sft_min_lr_ratio x lr at its last step (learner.engine.sft_schedule says why).
     sft_warmup_fraction: float = 0.05

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from config.schema import LearnerConfig
+from learner.module import HEADS_PREFIX
 
 NO_PRINT = 2**31 - 1
 
@@ -106,6 +107,18 @@ def sft_schedule(steps: int, lcfg: LearnerConfig) -> dict:
         "warmup_type": "linear", "warmup_min_ratio": 0.1, "cos_min_ratio": lcfg.sft_min_lr_ratio}}}
 
 
+def param_groups(module: torch.nn.Module, lr: float, heads_scale: float) -> list[dict]:
+    """The trainable parameters: the SQR heads (`heads.*`) in a group of their own at
+    lr x heads_scale (schedulers scale each group's own rate), the rest at lr."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    heads = [p for n, p in named if n.startswith(HEADS_PREFIX)]
+    rest = [p for n, p in named if not n.startswith(HEADS_PREFIX)]
+    groups = [{"params": rest, "lr": lr}]
+    if heads:
+        groups.append({"params": heads, "lr": lr * heads_scale})
+    return groups
+
+
 def build_engine(module: torch.nn.Module, lcfg: LearnerConfig, world: int,
                  overrides: dict | None = None):
     import deepspeed
@@ -114,8 +127,8 @@ def build_engine(module: torch.nn.Module, lcfg: LearnerConfig, world: int,
     # Training mode: transformers recomputes activations (gradient checkpointing) only then;
     # Qwen3-VL has no dropout, so the numbers are those of eval mode.
     module.train()
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lcfg.lr, weight_decay=lcfg.weight_decay,
+    groups = param_groups(module, lcfg.lr, lcfg.heads_lr_scale)
+    optimizer = torch.optim.AdamW(groups, lr=lcfg.lr, weight_decay=lcfg.weight_decay,
                                   fused=on_gpu())
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
                                       config=ds_config(lcfg, world, overrides))

@@ -319,3 +319,18 @@ def test_sft_schedule_rejects_nonsense(learner_cfg, field, value):
         sft_schedule(10, dataclasses.replace(learner_cfg.learner, **{field: value}))
     with pytest.raises(ValueError, match="SFT schedule"):
         sft_schedule(0, learner_cfg.learner)
+
+
+def test_the_heads_train_in_a_param_group_of_their_own():
+    from torch import nn
+
+    from learner.engine import param_groups
+
+    module = nn.Module()
+    module.policy, module.heads = nn.Linear(2, 2), nn.Linear(2, 3)
+    module.policy.bias.requires_grad_(False)
+    groups = param_groups(module, 1e-3, 0.1)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    assert [len(g["params"]) for g in groups] == [1, 2]
+    module.heads.requires_grad_(False)  # GRPO: frozen heads, one group
+    assert [len(g["params"]) for g in param_groups(module, 1e-3, 0.1)] == [1]
