@@ -32,6 +32,7 @@ from actors.rollout_pool import Weights, WorkerPool
 from actors.train_metrics import TrainMetrics
 from config.schema import Config
 from corpus.tables import CorpusTables, Query, load_built_corpus, load_corpus
+from evaluation.bootstrap import paired_difference
 from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
 from models.loading import model_dirs
@@ -164,11 +165,24 @@ def stage_sft(s: Session, state: JobState) -> dict:
     out = {"steps": len(history), "first": history[0] if history else {},
            "last": history[-1] if history else {}, "export": str(export)}
     if heldout:
-        out |= {"heldout_infonce": [before["infonce"], after["infonce"]],
-                "heldout_ce": [before["ce"], after["ce"]], "heldout_turns": len(heldout)}
-        print(f"sft: held-out InfoNCE {before['infonce']:.3f} -> {after['infonce']:.3f} "
+        out |= heldout_change(before, after)
+        print(f"sft: held-out InfoNCE {out['heldout_infonce'][0]:.3f} -> "
+              f"{out['heldout_infonce'][1]:.3f}, change {out['heldout_infonce_change']} "
               f"({len(heldout)} val turns)", flush=True)
     return out
+
+
+def heldout_change(before: list[dict], after: list[dict]) -> dict:
+    """Mean InfoNCE and CE of the held-out turns before and after SFT, and the paired change
+    of InfoNCE with its 95 % interval."""
+    def mean(rows: list[dict], key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    change = paired_difference({i: r["infonce"] for i, r in enumerate(after)},
+                               {i: r["infonce"] for i, r in enumerate(before)})
+    return {"heldout_infonce": [mean(before, "infonce"), mean(after, "infonce")],
+            "heldout_ce": [mean(before, "ce"), mean(after, "ce")],
+            "heldout_infonce_change": [round(v, 4) for v in change], "heldout_turns": len(before)}
 
 
 def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Query]:

@@ -227,8 +227,8 @@ def experiment_seeds(config: list[str] = CONFIG_OPT, overrides: list[str] = OVER
 @experiment_app.command("sqr-oracle")
 def experiment_sqr_oracle(config: list[str] = CONFIG_OPT, overrides: list[str] = OVERRIDES_ARG,
                           split: str = typer.Option("test", help="the queries to refine"),
-                          steps: int = typer.Option(100, min=1, help="Adam steps per query"),
-                          lr: float = typer.Option(0.05, min=0.0, help="Adam's learning rate"),
+                          steps: int = typer.Option(300, min=0, help="Adam steps per query"),
+                          lr: float = typer.Option(0.002, min=0.0, help="Adam's learning rate (0.05 diverges)"),
                           negatives: int = typer.Option(0, help="InfoNCE negatives per query "
                                                         "(0: learner.infonce_negatives as in "
                                                         "SFT; -1: every other video)")) -> None:

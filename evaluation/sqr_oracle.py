@@ -58,7 +58,7 @@ def _ranks(queries: np.ndarray, vectors: np.ndarray, gt: np.ndarray) -> np.ndarr
 
 
 def sqr_oracle(embedder, queries: list[tuple[str, str]], ids: list[str], vectors: np.ndarray,
-               num_tokens: int, num_negatives: int, steps: int = 100, lr: float = 0.05,
+               num_tokens: int, num_negatives: int, steps: int = 300, lr: float = 0.002,
                tau: float = 0.1, batch: int = 32) -> OracleResult:
     """`queries`: (text, ground-truth video id); `ids`/`vectors`: the index, unit vectors;
     `num_negatives` at most the corpus's other videos (all of them: the search's own softmax)."""

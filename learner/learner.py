@@ -102,17 +102,20 @@ class Learner:
         metrics["loss"] = metrics["ce"] + self.cfg.learner.infonce_lambda * metrics["infonce"]
         return metrics
 
-    def sft_eval(self, examples: list[SFTExample]) -> dict[str, float]:
-        """The SFT losses (ce, infonce) on examples without training: held-out queries say
-        whether the refinement generalises (the training batch's InfoNCE cannot)."""
+    def sft_eval(self, examples: list[SFTExample]) -> list[dict[str, float]]:
+        """Each example's SFT losses (ce, infonce) without training, one forward each so they
+        pair up across evaluations: held-out queries say whether the refinement generalises
+        (the training batch's InfoNCE cannot)."""
         self._require("sft")
         rows = sft_rows(examples, self.processor, self.videos, self.slot_id, self.cfg.sqr.num_tokens)
-        loss, stats, norms = SFTLoss(self.cfg.learner, self.embedder), Stats(), {}
+        loss, out = SFTLoss(self.cfg.learner, self.embedder), []
         with torch.no_grad():
-            for key, mb_rows, batch in self._batches(rows):
-                norms.setdefault(key[0], normalisers(mb_rows))
-                loss(self.engine, batch, key, norms[key[0]], stats)
-        return stats.reduce()
+            for row in rows:
+                stats = Stats()
+                for key, mb_rows, batch in self._batches([row]):
+                    loss(self.engine, batch, key, normalisers(mb_rows), stats)
+                out.append(stats.reduce())
+        return out
 
     def _require(self, stage: str) -> None:
         if self.stage != stage:

@@ -44,3 +44,15 @@ def test_a_cluster_short_of_cpus_is_told_how_to_start_the_head():
     message = cpu_shortfall(cfg, 2.0)
     assert "has 2 CPUs" in message and "ask for 6" in message and "--num-cpus=8" in message
     assert cpu_shortfall(cfg, 8.0) is None
+
+
+def test_heldout_change_pairs_the_turns():
+    from actors.driver import heldout_change
+
+    before = [{"infonce": 3.0, "ce": 1.0}, {"infonce": 2.0, "ce": 2.0}, {"infonce": 4.0, "ce": 0.0}]
+    after = [{"infonce": 2.5, "ce": 0.5}, {"infonce": 1.5, "ce": 0.5}, {"infonce": 3.5, "ce": 0.5}]
+    out = heldout_change(before, after)
+    assert out["heldout_infonce"] == [3.0, 2.5] and out["heldout_ce"] == [1.0, 0.5]
+    # every turn fell by 0.5: the paired interval is a point, though the means' spread is wide
+    assert out["heldout_infonce_change"] == [-0.5, -0.5, -0.5]
+    assert out["heldout_turns"] == 3
