@@ -6,12 +6,14 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from corpus.video import decode_video
 from evaluation.episode_report import write_report
 from evaluation.metrics import compute_metrics
 from evaluation.predictions import predictions_table
+from evaluation.refinement import place, refinement_figure
 from evaluation.tvr import write_tvr_submission
 
 
@@ -30,6 +32,8 @@ def evaluate(session, split: str, tag: str) -> dict:
     pq.write_table(table, out / "predictions.parquet")
     write_tvr_submission(table, out, sorted(session.corpus.video_paths))
     metrics = compute_metrics(table)
+    places = asyncio.run(_refined_places(session, [group[0] for group in episodes]))
+    metrics.setdefault("refinement", {}).update(refinement_figure(places))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     final = metrics["final"]
     summary = {"queries": final["num_queries"]} | {
@@ -37,3 +41,36 @@ def evaluate(session, split: str, tag: str) -> dict:
     write_report(table, lambda vid: decode_video(session.corpus.video_path(vid), session.cfg.video).frames,
                  summary, out / "report.html", f"{tag} on the {split} split")
     return metrics
+
+
+async def _refined_places(session, episodes: list[list]) -> list:
+    """(turn, ground truth's place under the text query, under the refined query) for every
+    refined search, each ranking over the whole index: turn t searched with the soft tokens
+    turn t-1 produced, so the same search is made again with k = every video."""
+    k = int(session.results["index"]["indexed"])
+
+    async def ranking(text: str, soft):
+        hits = await session.retriever.search(text, soft, k)
+        return hits.video_ids, hits.scores
+
+    jobs, meta = [], []
+    for turns in episodes:
+        refined = [(prev, turn) for prev, turn in zip(turns, turns[1:], strict=False) if prev.soft_tokens]
+        if not refined:
+            continue
+        text = turns[0].query_text
+        jobs.append(ranking(text, None))
+        meta.append(None)
+        for prev, turn in refined:
+            jobs.append(ranking(text, np.asarray(prev.soft_tokens, np.float32)))
+            meta.append(turn)
+    results = await asyncio.gather(*jobs)
+    out, before = [], None
+    for turn, (ids, scores) in zip(meta, results, strict=True):
+        if turn is None:
+            before = (ids, scores)
+            continue
+        gt = turn.gt_video_id
+        if (b := place(*before, gt)) and (a := place(ids, scores, gt)):
+            out.append((turn.turn, b, a))
+    return out

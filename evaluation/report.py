@@ -79,7 +79,7 @@ def smoothed(values: list[float], window: int = SMOOTHING) -> list[float]:
 
 
 def plot(history: list[dict], evals: dict[str, dict], path: Path) -> Path:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right, refine) = plt.subplots(1, 3, figsize=(16, 4))
     grpo = [h for h in history if h.get("stage") == "grpo" and "reward_total" in h]
     if grpo:
         steps = [h["step"] for h in grpo]
@@ -107,7 +107,27 @@ def plot(history: list[dict], evals: dict[str, dict], path: Path) -> Path:
     right.set(title="VR R@1 per turn (eval)", xlabel="turn", ylabel="%")
     if evals:  # a run without an eval stage has no bars to name
         right.legend(fontsize=8)
+    _refinement_panel(refine, evals)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _refinement_panel(ax, evals: dict[str, dict]) -> None:
+    """The paper's figure: the ground truth's mean rank in the whole corpus under the text
+    query (turn 1) and under each refinement turn's query, per evaluation."""
+    drawn = False
+    for tag, m in evals.items():
+        per_turn = m.get("refinement", {}).get("per_turn", {})
+        if not per_turn:
+            continue
+        turns = sorted(per_turn, key=int)
+        xs = [1] + [int(t) for t in turns]
+        ys = [m["refinement"]["gt_rank_before"]] + [per_turn[t]["gt_rank_after"] for t in turns]
+        ax.plot(xs, ys, "o-", label=tag)
+        drawn = True
+    ax.set(title="ground truth's mean rank, text -> refined (eval)", xlabel="turn",
+           ylabel="rank in the corpus (lower is better)")
+    if drawn:
+        ax.legend(fontsize=8)

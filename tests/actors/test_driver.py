@@ -67,6 +67,10 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
         assert min(rewards) <= results["eval"][tag]["final"]["reward"] <= max(rewards)
         refined = sum(t >= 2 for t in table.column("turn").to_pylist())  # SQR vs next result
         assert results["eval"][tag]["refinement"]["refined_turns"] == refined
+        figure = results["eval"][tag]["refinement"]  # every refined search ranked again in full
+        assert figure["turns"] == refined
+        if refined:
+            assert 1 <= figure["gt_rank_after"] <= results["stages"]["index"]["indexed"]
         sub = json.loads(open(f"{out}/tvr_submission.json").read())
         assert len(sub["VCMR"]) == results["eval"][tag]["final"]["num_queries"]
     assert results["stages"]["grpo"]["steps"] == 2

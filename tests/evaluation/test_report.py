@@ -1,5 +1,7 @@
 """The before/after table and the training plot."""
 
+import pytest
+
 from evaluation.report import comparison_table
 
 
@@ -9,7 +11,10 @@ def _metrics(vr_final, vr_turn1, reward=None):
     out = {"final": final, "per_turn": {"1": {"VR": vr_turn1}}}
     if reward is not None:
         final["reward"] = reward
-        out["refinement"] = {"refined_turns": 6, "VR_refined": 33.3, "VR_next_in_ranking": 50.0}
+        out["refinement"] = {"refined_turns": 6, "VR_refined": 33.3, "VR_next_in_ranking": 50.0,
+                             "turns": 6, "gt_rank_before": 9.0, "gt_rank_after": 7.5,
+                             "per_turn": {"2": {"gt_rank_before": 9.0, "gt_rank_after": 7.0},
+                                          "3": {"gt_rank_before": 9.0, "gt_rank_after": 8.0}}}
     return out
 
 
@@ -56,3 +61,18 @@ def test_plot_marks_the_held_out_rewards(tmp_path):
     evals = {"sft": _metrics(40.0, 30.0, 0.25), "grpo": _metrics(45.0, 30.0, 0.5)}
     path = plot(history, evals, tmp_path / "training.png")
     assert path.stat().st_size > 1000
+
+
+def test_refinement_figure_ranks_and_cosines():
+    from evaluation.refinement import GroundTruthPlace as P
+    from evaluation.refinement import place, refinement_figure
+
+    assert place(["a", "b", "c"], [0.9, 0.5, 0.1], "b") == P(2, 0.5)
+    assert place(["a", "b"], [0.9, 0.5], "z") is None
+    fig = refinement_figure([(2, P(5, 0.2), P(1, 0.6)), (2, P(3, 0.4), P(4, 0.3)),
+                             (3, P(5, 0.2), P(2, 0.5))])
+    assert (fig["turns"], fig["gt_rank_before"], fig["gt_rank_after"]) == (3, 13 / 3, 7 / 3)
+    assert fig["gt_cos_after"] == pytest.approx(1.4 / 3)
+    assert fig["gt_rank_improved"] == pytest.approx(200 / 3)
+    assert fig["per_turn"]["2"]["gt_rank_before"] == 4.0 and fig["per_turn"]["3"]["turns"] == 1
+    assert refinement_figure([]) == {"turns": 0, "per_turn": {}}

@@ -37,3 +37,26 @@ def test_gradient_checkpointing_changes_memory_not_the_update(process_group, lea
         assert recomputed[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
     assert all(torch.allclose(plain_weights[n], recomputed_weights[n], atol=1e-6)
                for n in plain_weights)
+
+
+def test_sft_eval_measures_without_changing_what_training_does(process_group, learner_cfg,
+                                                               model_dirs, sft_examples):
+    """The held-out pass before SFT must leave the steps after it exactly as without it."""
+    held = [e for e in sft_examples if e.answer == "not_matched"]  # InfoNCE's rows
+    train = sft_examples
+    results = []
+    for measure in (False, True):
+        learner = Learner(learner_cfg, "sft", model_dirs[0], model_dirs[1])
+        try:
+            if measure:
+                per_turn = learner.sft_eval(held)
+                assert len(per_turn) == len(held) and all(r["infonce"] > 0 for r in per_turn)
+                assert per_turn == learner.sft_eval(held)  # no state between the passes
+            steps = [learner.sft_step(train) for _ in range(2)]
+            results.append((steps, learner.export_weights()[1]))
+        finally:
+            learner.close()
+    (plain, plain_w), (measured, measured_w) = results
+    for a, b in zip(plain, measured, strict=True):
+        assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"])
+    assert all(torch.equal(plain_w[n], measured_w[n]) for n in plain_w)
