@@ -283,7 +283,7 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
         driver_state = learner.load(ckpt)
         step = int(driver_state["step"])
         print(f"resumed GRPO from {ckpt} at step {step}")
-    asyncio.run(s.pool.sync(learner.export_weights()))
+    _sync_all(s, learner.export_weights())
     position = int(driver_state.get("data_position", step * cfg.train.queries_per_step)) \
         if resume and ckpt else 0
     ckpt_dir = s.work / "checkpoints" / "grpo"
@@ -300,7 +300,7 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
         metrics = learner.grpo_step(turns) if turns else {}
         sync_started = time.perf_counter()
         if turns:
-            asyncio.run(s.pool.sync(learner.export_weights()))
+            _sync_all(s, learner.export_weights())
         metrics |= {f"reward_{k}": v for k, v in rewards.items()}
         metrics |= {"rollout_seconds": rollout_s, "sync_seconds": time.perf_counter() - sync_started,
                     "turns_per_episode": float(np.mean([len(e) for e in draw.episodes])),

@@ -145,6 +145,13 @@ class SQRConfig:
     # N latent slot tokens follow <REFINE>; their final hidden states, through the refine
     # projector, are the soft query tokens (docs/design.md, "Soft tokens inside vLLM").
     num_tokens: int = 8
+    # The latent policy in GRPO: sampled rollouts draw each soft token from N(mu, sigma^2 I)
+    # around the refine projector's output mu, and GRPO trains the heads with PPO-clip on the
+    # action's density ratio (learner.grpo.latent_loss). 0: deterministic soft tokens, heads
+    # frozen in GRPO.
+    latent_sigma: float = 0.0
+    latent_loss_weight: float = 1.0
+    latent_clip_eps: float = 0.2
 
 
 @dataclass

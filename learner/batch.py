@@ -9,6 +9,7 @@ settings; decoded videos are cached because a GRPO group shows one video to G sa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -33,10 +34,12 @@ class Row:
     positive: np.ndarray | None = None  # [D_emb] ground-truth video vector (InfoNCE)
     negatives: np.ndarray | None = None  # [K, D_emb]
     nce_weight: float = 0.0
+    latent_action: np.ndarray | None = None  # [N, D] the soft tokens searched (latent policy)
+    latent_weight: float = 0.0  # 1 where the turn refined with a sampled action
 
     def filler(self) -> Row:
-        return Row(self.ids, self.mask, self.video, self.sampled, 0.0, 0.0, self.num_slots,
-                   self.query, self.positive, self.negatives, 0.0)
+        return dataclasses.replace(self, advantage=0.0, weight=0.0, nce_weight=0.0,
+                                   latent_weight=0.0)
 
 
 @dataclass
@@ -57,6 +60,16 @@ class Batch:
         neg = torch.from_numpy(np.stack([r.negatives for r in self.rows])).float().to(device)
         w = torch.tensor([r.nce_weight * r.weight for r in self.rows], device=device)
         return [r.query for r in self.rows], pos, neg, w
+
+    def latent_actions(self, shape: tuple[int, int], device) -> torch.Tensor:
+        """[B, N, D] the soft-token actions; zeros for rows without one (weight 0)."""
+        actions = np.stack([np.zeros(shape, np.float32) if r.latent_action is None
+                            else np.asarray(r.latent_action, np.float32) for r in self.rows])
+        return torch.from_numpy(actions).to(device)
+
+    def latent_weights(self, device) -> torch.Tensor:
+        """[B] 1 for rows whose turn refined with a sampled action (times the row weight)."""
+        return torch.tensor([r.latent_weight * r.weight for r in self.rows], device=device)
 
 
 class VideoInputs:

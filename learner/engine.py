@@ -108,15 +108,16 @@ def sft_schedule(steps: int, lcfg: LearnerConfig) -> dict:
 
 
 def param_groups(module: torch.nn.Module, lr: float, heads_scale: float) -> list[dict]:
-    """The trainable parameters: the SQR heads (`heads.*`) in a group of their own at
-    lr x heads_scale (schedulers scale each group's own rate), the rest at lr."""
+    """The trainable parameters in one group at lr, or with heads_scale != 1 the SQR heads
+    (`heads.*`) in a group of their own at lr x heads_scale (schedulers scale each group's own
+    rate). One group when the rates agree: ZeRO flattens each group into its own buffer, and
+    two buffers sum the clipping norm in another order, which moved the default's SFT."""
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     heads = [p for n, p in named if n.startswith(HEADS_PREFIX)]
+    if not heads or heads_scale == 1.0:
+        return [{"params": [p for _, p in named], "lr": lr}]
     rest = [p for n, p in named if not n.startswith(HEADS_PREFIX)]
-    groups = [{"params": rest, "lr": lr}]
-    if heads:
-        groups.append({"params": heads, "lr": lr * heads_scale})
-    return groups
+    return [{"params": rest, "lr": lr}, {"params": heads, "lr": lr * heads_scale}]
 
 
 def build_engine(module: torch.nn.Module, lcfg: LearnerConfig, world: int,

@@ -13,13 +13,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from config.schema import LearnerConfig, LossAggregation
+from config.schema import LearnerConfig, LossAggregation, SQRConfig
 from learner.batch import Batch, Row, VideoInputs
-from learner.losses import group_advantages, logprob_mismatch, policy_loss, token_logprobs
+from learner.losses import (
+    group_advantages,
+    latent_policy_loss,
+    logprob_mismatch,
+    policy_loss,
+    token_logprobs,
+)
 from learner.shared_prefix import suffix_logits
 from learner.stats import Stats
+from models.sqr_heads import gaussian_logprob
 from rollout.agent import episode_reward
 from rollout.trajectory import Turn
 
@@ -38,18 +46,29 @@ def turn_advantages(turns: list[Turn], std_normalize: bool) -> list[float]:
     return [adv[t.episode_id] for t in turns]
 
 
-def grpo_rows(turns: list[Turn], videos: VideoInputs, std_normalize: bool) -> list[Row]:
+def grpo_rows(turns: list[Turn], videos: VideoInputs, std_normalize: bool,
+              latent_slots: tuple[int, int] | None = None) -> list[Row]:
     """One row per turn, each with its episode's advantage: an episode's log-prob is the sum
     over its turns, so every turn counts in full (weighting turns 1 / turns-in-episode biased
-    the gradient and did not stop the collapse it was meant to)."""
+    the gradient and did not stop the collapse it was meant to).
+
+    `latent_slots` (slot token id, N) for the latent policy: every row ends in N slot tokens
+    (after the response, so they change no token's logits), where the forward recomputes the
+    soft tokens' mean; rows whose turn refined with a sampled action carry it."""
     rows = []
     for t, adv in zip(turns, turn_advantages(turns, std_normalize), strict=True):
         if len(t.sampling_logprobs) != len(t.response_ids):
             raise ValueError(f"turn {t.episode_id}/{t.turn}: {len(t.sampling_logprobs)} log-probs "
                              f"for {len(t.response_ids)} response tokens")
         video = videos.for_turn(t.video_path, t.frame_times) if t.video_path else None
-        rows.append(Row(ids=list(t.prompt_ids) + list(t.response_ids), mask=t.loss_mask,
-                        video=video, sampled=list(t.sampling_logprobs), advantage=adv))
+        row = Row(ids=list(t.prompt_ids) + list(t.response_ids), mask=t.loss_mask,
+                  video=video, sampled=list(t.sampling_logprobs), advantage=adv)
+        if latent_slots is not None:
+            slot, n = latent_slots
+            row.ids, row.mask, row.num_slots = row.ids + [slot] * n, row.mask + [0] * n, n
+            if t.latent_mean:
+                row.latent_action, row.latent_weight = np.asarray(t.soft_tokens, np.float32), 1.0
+        rows.append(row)
     return rows
 
 
@@ -71,26 +90,37 @@ class GRPOLoss:
     sequence) mean, so micro-batches and ranks may hold any number of tokens. `old` holds the
     pre-update log-probs of micro-batches after the first mini-batch, keyed (mini, micro).
     Log-probs are those of the distribution the rollout sampled from: logits / `temperature`,
-    cut to the `top_p` nucleus, as vLLM reports them (processed logprobs)."""
+    cut to the `top_p` nucleus, as vLLM reports them (processed logprobs).
+
+    With the latent policy (`sqr.latent_sigma` > 0) the same forward also gives each row's
+    soft-token mean at its slots; the refined rows add `latent_loss_weight` x PPO-clip on their
+    action's Gaussian density ratio, a share of the mini-batch's mean over refined rows."""
 
     def __init__(self, lcfg: LearnerConfig, ref: torch.nn.Module | None, temperature: float = 1.0,
-                 top_p: float = 1.0):
+                 top_p: float = 1.0, sqr: SQRConfig | None = None):
         if temperature <= 0:
             raise ValueError(f"GRPO needs a sampling temperature > 0, got {temperature}")
         self.lcfg, self.ref, self.temperature, self.top_p = lcfg, ref, temperature, top_p
-        self.old: dict[tuple[int, int], torch.Tensor] = {}
+        self.sqr = sqr if sqr is not None and sqr.latent_sigma > 0 else None
+        self.old: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    def logprobs(self, model: Callable, batch: Batch) -> torch.Tensor:
-        return self._sampled_logprobs(model(**batch.inputs)[0], batch)
+    def logprobs(self, model: Callable, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(token log-probs [B, S-1], the actions' latent log-densities [B] or None)."""
+        logits, _, mean = model(**batch.inputs)
+        latent = None
+        if self.sqr is not None:
+            actions = batch.latent_actions(tuple(mean.shape[1:]), mean.device)
+            latent = gaussian_logprob(actions, mean.float(), self.sqr.latent_sigma)
+        return self._sampled_logprobs(logits, batch), latent
 
     def _sampled_logprobs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return token_logprobs(logits[:, :-1] / self.temperature, batch.labels, self.top_p)
 
-    def __call__(self, model: Callable, batch: Batch, key: tuple[int, int], norm: float,
-                 stats: Stats) -> torch.Tensor:
+    def __call__(self, model: Callable, batch: Batch, key: tuple[int, int],
+                 norm: tuple[float, float], stats: Stats) -> torch.Tensor:
         c = self.lcfg
-        lp = self.logprobs(model, batch)
-        old = self.old.pop(key, None)
+        lp, latent = self.logprobs(model, batch)
+        old, old_latent = self.old.pop(key, (None, None))
         old = lp.detach() if old is None else old
         ref_lp = None
         if self.ref is not None:
@@ -106,7 +136,27 @@ class GRPOLoss:
         stats.add("logprob_mismatch", logprob_mismatch(old, batch.sampled, batch.mask), tokens)
         stats.add("loss", loss.item(), float(count))
         stats.total("tokens", tokens)
-        return loss * (count / max(norm, 1.0))
+        total = loss * (count / max(norm[0], 1.0))
+        if latent is not None:
+            total = total + self._latent(batch, latent, old_latent, norm[1], stats)
+        return total
+
+    def _latent(self, batch: Batch, latent: torch.Tensor, old: torch.Tensor | None,
+                norm: float, stats: Stats) -> torch.Tensor:
+        weights = batch.latent_weights(latent.device)
+        old = latent.detach() if old is None else old
+        per_row, ratio, clipped = latent_policy_loss(latent, old, batch.advantages.to(latent.dtype),
+                                                     self.sqr.latent_clip_eps)
+        refined = float(weights.sum())
+
+        def mean(x: torch.Tensor) -> float:
+            return (x * weights).sum().item() / max(refined, 1.0)
+
+        stats.add("latent_loss", mean(per_row.detach()), refined)
+        stats.add("latent_ratio", mean(ratio), refined)
+        stats.add("latent_clip_fraction", mean(clipped), refined)
+        stats.total("latent_rows", refined)
+        return self.sqr.latent_loss_weight * (per_row * weights).sum() / max(norm, 1.0)
 
 
 def warn_mismatch(metrics: dict[str, float], threshold: float) -> None:

@@ -55,7 +55,9 @@ class Learner:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             allow_checkpointing(model)
         module = PolicyWithHeads(model, heads)
-        set_trainable(module, heads=stage == "sft", vision=cfg.learner.train_vision_tower)
+        # the heads train in SFT, and in GRPO under the latent policy
+        latent = stage == "grpo" and cfg.sqr.latent_sigma > 0
+        set_trainable(module, heads=stage == "sft" or latent, vision=cfg.learner.train_vision_tower)
         lcfg = cfg.learner
         self.engine = build_engine(module, lcfg, self.world, ds_overrides)
         self.ref = None
@@ -82,12 +84,14 @@ class Learner:
         same turns and takes its own share."""
         self._require("grpo")
         started = time.perf_counter()
-        lcfg = self.cfg.learner
-        rows = grpo_rows(turns, self.videos, lcfg.std_normalize_advantages)
+        lcfg, sqr = self.cfg.learner, self.cfg.sqr
+        slots = (self.slot_id, sqr.num_tokens) if sqr.latent_sigma > 0 else None
+        rows = grpo_rows(turns, self.videos, lcfg.std_normalize_advantages, slots)
         sampling = self.cfg.rollout.sampling
-        loss = GRPOLoss(lcfg, self.ref, sampling.temperature, sampling.top_p)
+        loss = GRPOLoss(lcfg, self.ref, sampling.temperature, sampling.top_p, sqr)
         self._old_logprobs(rows, loss)
-        stats = self._train(rows, loss, lambda mb: normaliser(mb, lcfg.loss_aggregation))
+        stats = self._train(rows, loss, lambda mb: (normaliser(mb, lcfg.loss_aggregation),
+                                                    sum(r.latent_weight * r.weight for r in mb)))
         metrics = self._finish(stats, started)
         if self.rank == 0:
             warn_mismatch(metrics, lcfg.logprob_mismatch_warn)

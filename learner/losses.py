@@ -171,3 +171,14 @@ def info_nce(query: Tensor, positives: Tensor, negatives: Tensor, tau: float = 0
 def sft_loss(ce: Tensor, nce: Tensor, lam: float) -> Tensor:
     """SFT objective: language-model CE plus lam times the retrieval InfoNCE on the query latents."""
     return ce + lam * nce
+
+
+def latent_policy_loss(logprob: Tensor, old_logprob: Tensor, advantages: Tensor,
+                       clip_eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """PPO-clip on the continuous soft-token action, per row: the ratio of the action's density
+    under the new and the old mean, clipped to [1 - eps, 1 + eps], times the episode's
+    advantage. Returns (loss [B], ratio [B], where the clip bound [B] as 0/1)."""
+    ratio = torch.exp(logprob - old_logprob)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
+    return -torch.minimum(unclipped, clipped), ratio.detach(), (clipped < unclipped).detach().float()

@@ -22,25 +22,28 @@ class PolicyWithHeads(nn.Module):
         self.heads = heads
 
     def forward(self, slot_index: torch.Tensor | None = None, **inputs: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits [B, S, V] of each row's suffix, embedder-space soft tokens [B, N, D_emb] or
-        None); `inputs` as learner.batch.collate builds them.
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(logits [B, S, V] of each row's suffix, soft tokens in the embedder's input space
+        [B, N, D_emb], soft tokens [B, N, D]) or (logits, None, None) without slots; `inputs`
+        as learner.batch.collate builds them.
 
         `slot_index` [B, N] holds the suffix positions of each row's slot tokens; the soft
-        tokens are the final (normed) hidden states there, through refine_projector then
-        append_projector, exactly as the rollout computes them from vLLM's hidden states.
+        tokens are the final (normed) hidden states there through refine_projector (the
+        latent policy's mean), then append_projector, exactly as the rollout computes them
+        from vLLM's hidden states.
         """
         hidden = suffix_hidden(self.policy, **inputs)
         logits = self.policy.lm_head(hidden)
         if slot_index is None:
-            return logits, None
+            return logits, None, None
         index = slot_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         soft = self.heads.soft_tokens(hidden.gather(1, index))
-        return logits, self.heads.to_embedder(soft)
+        return logits, self.heads.to_embedder(soft), soft
 
 
 def set_trainable(module: PolicyWithHeads, heads: bool, vision: bool) -> None:
-    """Language model always; SQR heads only where a loss reaches them (SFT's InfoNCE): AdamW
+    """Language model always; SQR heads only where a loss reaches them (SFT's InfoNCE, the
+    latent policy's loss in GRPO): AdamW
     keeps moving a parameter on stale moments even when its gradient is zero; vision tower
     on request (it is large in production and already well trained)."""
     module.requires_grad_(True)

@@ -54,7 +54,7 @@ class SFTLoss:
 
     def __call__(self, model: Callable, batch: Batch, key, norms: tuple[float, float],
                  stats: Stats) -> torch.Tensor:
-        logits, soft = model(**batch.inputs)
+        logits, soft, _ = model(**batch.inputs)
         tokens = batch.mask.sum()
         ce_sum = sft_token_loss(logits[:, :-1], batch.labels, batch.mask) * tokens
         queries, pos, neg, weights = batch.nce_inputs(soft.device)

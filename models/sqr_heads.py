@@ -11,9 +11,11 @@ encoder load the very same weights.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -70,3 +72,19 @@ class SQRHeads(nn.Module):
         heads = cls(SQRHeadsConfig(**json.loads((directory / CONFIG_FILE).read_text())))
         heads.load_state_dict(load_file(directory / WEIGHTS_FILE))
         return heads.to(dtype)
+
+
+# The latent policy (sqr.latent_sigma > 0): a soft-token action is drawn around the refine
+# projector's output, and its density ratio is what GRPO clips (learner.losses).
+def sample_latent(mean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """An action ~ N(mean, sigma^2 I), float32 like the soft tokens."""
+    return (mean + sigma * rng.standard_normal(mean.shape)).astype(np.float32)
+
+
+def gaussian_logprob(action: torch.Tensor, mean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """log N(action; mean, sigma^2 I) summed over every dimension but the first: [B, ...] -> [B]."""
+    if sigma <= 0:
+        raise ValueError(f"a Gaussian latent policy needs sigma > 0, got {sigma}")
+    sq = ((action - mean) ** 2).flatten(1).sum(-1)
+    dims = action[0].numel()
+    return -sq / (2 * sigma**2) - dims * (math.log(sigma) + 0.5 * math.log(2 * math.pi))

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from config.schema import Config
 from corpus.tables import Query
+from models.sqr_heads import gaussian_logprob, sample_latent
 from rollout.parsing import parse_response
 from rollout.rewards import (
     REWARD_PARTS,
@@ -107,6 +110,11 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
             scored.append(_set_rewards(turn, parts, cfg))
             break
         soft = await policy.soft_tokens(query.text, gen.response_ids, video_path(shown))
+        if cfg.sqr.latent_sigma > 0 and not greedy:  # the latent policy's action
+            turn.latent_mean, soft = soft.tolist(), _latent_action(soft, cfg.sqr.latent_sigma,
+                                                                   query, sample, t, seed)
+            turn.latent_logprob = float(gaussian_logprob(
+                torch.from_numpy(soft)[None], torch.tensor([turn.latent_mean]), cfg.sqr.latent_sigma))
         rejected.append(shown)
         refined = _unseen(await retriever.search(query.text, soft, k + len(rejected)), rejected, k)
         negatives = _negatives(refined, query.video_id, shown, n_neg)
@@ -127,6 +135,14 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
     for turn in turns:
         turn.episode_reward = total
     return turns
+
+
+def _latent_action(mean: np.ndarray, sigma: float, query: Query, sample: int, turn: int,
+                   seed: int | None) -> np.ndarray:
+    """The soft tokens drawn around `mean`, seeded by the episode and turn (a retried
+    episode draws the same)."""
+    rng = np.random.default_rng([seed or 0, sample, turn, zlib.crc32(query.query_id.encode())])
+    return sample_latent(mean, sigma, rng)
 
 
 def _finite(x: float | None) -> float | None:

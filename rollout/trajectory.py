@@ -44,7 +44,11 @@ class Turn:
     answer: str | None = column(pa.string(), None)
     pred_start: float | None = column(pa.float64(), None)
     pred_end: float | None = column(pa.float64(), None)
-    soft_tokens: list[list[float]] = column(pa.list_(pa.list_(pa.float32())), [])  # [N, D]
+    soft_tokens: list[list[float]] = column(pa.list_(pa.list_(pa.float32())), [])  # [N, D] searched
+    # The latent policy (sqr.latent_sigma > 0): the mean the action was drawn around, and the
+    # action's log-density under it (the behaviour policy's), else empty / None.
+    latent_mean: list[list[float]] = column(pa.list_(pa.list_(pa.float32())), [])
+    latent_logprob: float | None = column(pa.float64(), None)
     refined_scores: list[float] = column(pa.list_(pa.float32()), [])  # [pos, negs...] refined
     # One per rollout.rewards.REWARD_PARTS, weighted; found is 1.0 when the turn accepted the
     # ground-truth video.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,3 +61,32 @@ def test_sft_eval_measures_without_changing_what_training_does(process_group, le
     for a, b in zip(plain, measured, strict=True):
         assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"])
     assert all(torch.equal(plain_w[n], measured_w[n]) for n in plain_w)
+
+
+def test_the_latent_policy_trains_the_heads_and_leaves_the_token_loss(process_group, learner_cfg,
+                                                                     model_dirs, grpo_turns):
+    """sigma > 0: the refined turns' soft-token actions add the latent PPO term, the heads
+    train; the token loss is the same as without it (the slots follow the response)."""
+    results = []
+    for sigma in (0.0, 0.05):
+        cfg = dataclasses.replace(learner_cfg, sqr=dataclasses.replace(learner_cfg.sqr,
+                                                                        latent_sigma=sigma))
+        learner = Learner(cfg, "grpo", model_dirs[0])
+        try:
+            heads = learner.engine.module.heads
+            shape = (cfg.sqr.num_tokens, heads.cfg.soft_dim)
+            rng = np.random.default_rng(0)
+            turns = [dataclasses.replace(t, latent_mean=np.zeros(shape).tolist(),
+                                         soft_tokens=rng.normal(size=shape).tolist())
+                     if t.sample == 0 else t for t in grpo_turns]  # sample 0 refined
+            before = {k: v.clone() for k, v in heads.state_dict().items()}
+            metrics = learner.grpo_step(turns)
+            moved = any(not torch.equal(before[k], v) for k, v in heads.state_dict().items())
+            results.append((metrics, moved))
+        finally:
+            learner.close()
+    (plain, plain_moved), (latent, latent_moved) = results
+    assert not plain_moved and "latent_loss" not in plain
+    assert latent_moved and latent["latent_rows"] == 2
+    assert latent["latent_ratio"] == pytest.approx(1.0)  # on-policy: old mean = new mean
+    assert latent["loss"] == pytest.approx(plain["loss"], rel=1e-5, abs=1e-7)

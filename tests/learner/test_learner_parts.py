@@ -268,7 +268,7 @@ def test_sft_gradient_reaches_the_refine_projector_only_through_infonce(
     # the soft tokens are the heads applied to the final hidden states at the slots, as a
     # whole-row forward of each row alone computes them
     with torch.no_grad():
-        _, soft = module(**batch.inputs)
+        _, soft, _ = module(**batch.inputs)
         for i, r in enumerate(rows):
             hidden = module.policy(input_ids=torch.tensor([r.ids]), **r.video,
                                    mm_token_type_ids=mm_token_type_ids(processor, r.ids),
@@ -332,5 +332,6 @@ def test_the_heads_train_in_a_param_group_of_their_own():
     groups = param_groups(module, 1e-3, 0.1)
     assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
     assert [len(g["params"]) for g in groups] == [1, 2]
+    assert [len(g["params"]) for g in param_groups(module, 1e-3, 1.0)] == [3]  # the default
     module.heads.requires_grad_(False)  # GRPO: frozen heads, one group
     assert [len(g["params"]) for g in param_groups(module, 1e-3, 0.1)] == [1]

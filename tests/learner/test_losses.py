@@ -277,3 +277,31 @@ def test_info_nce_by_hand_and_grad_to_query():
 
 def test_sft_loss_combines():
     assert sft_loss(torch.tensor(1.0), torch.tensor(2.0), 0.3).item() == pytest.approx(1.6)
+
+
+def test_the_latent_policy_density_is_a_diagonal_gaussian():
+    from models.sqr_heads import gaussian_logprob
+
+    g = torch.Generator().manual_seed(0)
+    mean, action = torch.randn(3, 8, 5, generator=g), torch.randn(3, 8, 5, generator=g)
+    want = torch.distributions.Normal(mean, 0.05).log_prob(action).sum((-1, -2))
+    torch.testing.assert_close(gaussian_logprob(action, mean, 0.05), want, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="sigma > 0"):
+        gaussian_logprob(action, mean, 0.0)
+
+
+def test_the_latent_objective_clips_the_density_ratio():
+    from learner.losses import latent_policy_loss
+
+    old = torch.zeros(4)
+    new = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.5]))  # ratios 1.5, 0.5, 1.1, 0.5
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    per_row, ratio, clipped = latent_policy_loss(new, old, adv, 0.2)
+    # PPO: -min(r A, clip(r) A): A>0 caps the gain at 1.2; A<0 caps the ratio's fall at 0.8
+    torch.testing.assert_close(per_row, torch.tensor([-1.2, -0.5, 1.1, 0.8]))
+    torch.testing.assert_close(ratio, torch.tensor([1.5, 0.5, 1.1, 0.5]))
+    assert clipped.tolist() == [1.0, 0.0, 0.0, 1.0]
+    # its gradient reaches the new log-density only where the ratio is not clipped
+    new = new.clone().requires_grad_(True)
+    latent_policy_loss(new, old, adv, 0.2)[0].sum().backward()
+    assert new.grad[0] == 0 and new.grad[3] == 0 and new.grad[1] != 0 and new.grad[2] != 0

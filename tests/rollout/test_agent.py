@@ -156,3 +156,24 @@ def test_many_episodes_in_flight_do_not_lock_step(cfg, world):
     assert len(results) == 8 and all(turns[-1].is_final for _, turns in results)
     assert wall < 0.6 * sum(seconds for seconds, _ in results)
 
+
+
+def test_the_latent_policy_samples_around_the_mean_and_records_its_density(cfg, world):
+    from models.sqr_heads import gaussian_logprob
+
+    corpus, retriever, real_policy = world
+    policy = Rejecting(real_policy)
+    latent = replace(cfg, rollout=replace(cfg.rollout, max_turns=2),
+                     sqr=replace(cfg.sqr, latent_sigma=0.05))
+    q, _ = _wrong_top1_query(corpus, retriever)
+    turns = asyncio.run(run_episode(q, 0, policy, retriever, corpus.video_path, latent, seed=1))
+    action, mean = np.asarray(turns[0].soft_tokens), np.asarray(turns[0].latent_mean)
+    assert action.shape == mean.shape and 0 < np.abs(action - mean).max() < 0.05 * 6
+    want = gaussian_logprob(torch.tensor(action[None]), torch.tensor(mean[None]), 0.05)
+    assert turns[0].latent_logprob == pytest.approx(float(want), rel=1e-5)
+    again = asyncio.run(run_episode(q, 0, policy, retriever, corpus.video_path, latent, seed=1))
+    assert again[0].soft_tokens == turns[0].soft_tokens  # seeded: a retried episode draws the same
+    # greedy (evaluation) searches with the mean itself
+    greedy = asyncio.run(run_episode(q, 0, policy, retriever, corpus.video_path, latent, seed=1,
+                                     greedy=True))
+    assert greedy[0].latent_mean == [] and greedy[0].latent_logprob is None

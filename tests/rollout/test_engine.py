@@ -263,3 +263,46 @@ def test_shutdown_releases_the_engine_and_its_process_group(model_dirs, engine):
     eng.shutdown()  # twice is harmless
     with pytest.raises(RuntimeError, match="shut down"):
         asyncio.run(eng.generate(ids, None, _greedy(eng, 2)))
+
+
+def test_the_learner_recomputes_the_rollouts_latent_mean(engine, model_dirs, synth, video):
+    """The latent policy's mean: soft tokens from the slot states captured inside vLLM equal
+    the ones the learner's forward computes on the GRPO row of that turn (<= 1e-4, fp32)."""
+    from config.schema import VideoConfig
+    from learner.batch import VideoInputs, collate
+    from learner.grpo import grpo_rows
+    from learner.module import PolicyWithHeads
+    from models.loading import load_policy
+    from models.sqr_heads import sample_latent
+    from rollout.prompts import prompt_ids, vllm_video_data
+    from rollout.trajectory import Turn
+
+    eng, processor = engine
+    module = PolicyWithHeads(*load_policy(model_dirs[0])).eval()
+    path = str(synth.out_dir / "videos" / "synth_0000.mp4")
+    turns, means = [], []
+    for i in range(3):  # different lengths: padding between the rows
+        ids = prompt_ids(processor, "a red circle " * (i + 1))
+        out = asyncio.run(eng.generate(ids, vllm_video_data(video), _greedy(eng, max_tokens=3 + 2 * i)))
+        states = asyncio.run(eng.slot_hidden_states(ids + out.response_ids, vllm_video_data(video)))
+        with torch.no_grad():
+            mean = module.heads.soft_tokens(torch.from_numpy(states)).numpy()
+        means.append(mean)
+        action = sample_latent(mean, 0.05, np.random.default_rng(i))
+        turns.append(Turn(
+            episode_id=f"q{i}#0", query_id=f"q{i}", sample=0, turn=1, query_text="q",
+            gt_video_id="v", gt_start=0.0, gt_end=1.0, video_id="v", video_path=path,
+            frame_times=video.timestamps.tolist(), retrieved_ids=[], retrieved_scores=[],
+            prompt_ids=out.prompt_ids, response_ids=out.response_ids,
+            sampling_logprobs=out.logprobs, response_text=out.text,
+            soft_tokens=action.tolist(), latent_mean=mean.tolist(), latent_logprob=0.0))
+    videos = VideoInputs(processor, VideoConfig(fps=1.0, max_frames=8, max_pixels=4096, min_pixels=1024))
+    rows = grpo_rows(turns, videos, False, (eng.slot_token_id, 8))
+    batch = collate(rows, processor, module.policy.config.vision_config.spatial_merge_size, "cpu")
+    with torch.no_grad():
+        _, _, learner_means = module(**batch.inputs)
+    worst = max((learner_means[i] - torch.from_numpy(m)).abs().max().item() for i, m in enumerate(means))
+    assert worst <= 1e-4
+    actions, weights = batch.latent_actions((8, means[0].shape[-1]), "cpu"), batch.latent_weights("cpu")
+    assert weights.tolist() == [1.0, 1.0, 1.0]
+    assert torch.equal(actions[0], torch.tensor(turns[0].soft_tokens))
