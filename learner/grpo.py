@@ -145,8 +145,12 @@ class GRPOLoss:
                 norm: float, stats: Stats) -> torch.Tensor:
         weights = batch.latent_weights(latent.device)
         old = latent.detach() if old is None else old
-        per_row, ratio, clipped = latent_policy_loss(latent, old, batch.advantages.to(latent.dtype),
-                                                     self.sqr.latent_clip_eps)
+        # rows without an action hold zeros there: their log-density is meaningless, and its
+        # ratio can overflow to inf, which times weight 0 is NaN
+        acted = weights > 0
+        per_row, ratio, clipped = latent_policy_loss(
+            torch.where(acted, latent, old), old,
+            batch.advantages.to(latent.dtype), self.sqr.latent_clip_eps)
         refined = float(weights.sum())
 
         def mean(x: torch.Tensor) -> float:

@@ -173,12 +173,23 @@ def sft_loss(ce: Tensor, nce: Tensor, lam: float) -> Tensor:
     return ce + lam * nce
 
 
+LATENT_DUAL_CLIP = 3.0  # a negative advantage costs at most 3 x |A| however far the ratio grew
+LATENT_MAX_LOG_RATIO = 20.0
+
+
 def latent_policy_loss(logprob: Tensor, old_logprob: Tensor, advantages: Tensor,
                        clip_eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """PPO-clip on the continuous soft-token action, per row: the ratio of the action's density
     under the new and the old mean, clipped to [1 - eps, 1 + eps], times the episode's
-    advantage. Returns (loss [B], ratio [B], where the clip bound [B] as 0/1)."""
-    ratio = torch.exp(logprob - old_logprob)
+    advantage, with dual clip for negative advantages. A Gaussian over N x D dimensions with a
+    small sigma turns a small move of the mean into a huge ratio, so the log-ratio is bounded
+    and a negative advantage's objective floored (Ye et al., dual-clip PPO).
+    Returns (loss [B], ratio [B], where a clip bound [B] as 0/1)."""
+    ratio = torch.exp((logprob - old_logprob).clamp(-LATENT_MAX_LOG_RATIO, LATENT_MAX_LOG_RATIO))
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
-    return -torch.minimum(unclipped, clipped), ratio.detach(), (clipped < unclipped).detach().float()
+    objective = torch.minimum(unclipped, clipped)
+    floor = LATENT_DUAL_CLIP * advantages
+    objective = torch.where(advantages < 0, torch.maximum(objective, floor), objective)
+    bound = (clipped < unclipped) | ((advantages < 0) & (objective == floor))
+    return -objective, ratio.detach(), bound.detach().float()

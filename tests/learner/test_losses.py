@@ -293,15 +293,19 @@ def test_the_latent_policy_density_is_a_diagonal_gaussian():
 def test_the_latent_objective_clips_the_density_ratio():
     from learner.losses import latent_policy_loss
 
-    old = torch.zeros(4)
-    new = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.5]))  # ratios 1.5, 0.5, 1.1, 0.5
-    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    old = torch.zeros(5)
+    new = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.5, 10.0]))
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, -1.0])
     per_row, ratio, clipped = latent_policy_loss(new, old, adv, 0.2)
-    # PPO: -min(r A, clip(r) A): A>0 caps the gain at 1.2; A<0 caps the ratio's fall at 0.8
-    torch.testing.assert_close(per_row, torch.tensor([-1.2, -0.5, 1.1, 0.8]))
-    torch.testing.assert_close(ratio, torch.tensor([1.5, 0.5, 1.1, 0.5]))
-    assert clipped.tolist() == [1.0, 0.0, 0.0, 1.0]
-    # its gradient reaches the new log-density only where the ratio is not clipped
+    # PPO: -min(r A, clip(r) A): A>0 caps the gain at 1.2; A<0 caps the ratio's fall at 0.8;
+    # dual clip: a negative advantage costs at most 3 |A| (ratio 10)
+    torch.testing.assert_close(per_row, torch.tensor([-1.2, -0.5, 1.1, 0.8, 3.0]))
+    torch.testing.assert_close(ratio, torch.tensor([1.5, 0.5, 1.1, 0.5, 10.0]))
+    assert clipped.tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
+    # its gradient reaches the new log-density only where no bound holds
     new = new.clone().requires_grad_(True)
     latent_policy_loss(new, old, adv, 0.2)[0].sum().backward()
-    assert new.grad[0] == 0 and new.grad[3] == 0 and new.grad[1] != 0 and new.grad[2] != 0
+    assert new.grad[[0, 3, 4]].abs().sum() == 0 and (new.grad[[1, 2]] != 0).all()
+    # a log-ratio past the bound stays finite
+    far = latent_policy_loss(torch.tensor([500.0, -500.0]), torch.zeros(2), torch.tensor([-1.0, 1.0]), 0.2)
+    assert torch.isfinite(far[0]).all()
