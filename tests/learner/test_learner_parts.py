@@ -145,14 +145,14 @@ def test_grpo_logprobs_are_those_of_the_tempered_sampling_distribution(cfg, proc
     logits = torch.randn(b, t + 1, 11)
 
     def model(**_):
-        return logits, None
+        return logits, None, None
 
     labels = batch.labels.clamp(min=0) % 11
     batch = dataclasses.replace(batch, labels=labels)
     for temp in (1.0, 0.7):
         want = torch.log_softmax(logits[:, :-1] / temp, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        got = GRPOLoss(LearnerConfig(), None, temperature=temp).logprobs(model, batch)
-        assert torch.allclose(got, want)
+        got, latent = GRPOLoss(LearnerConfig(), None, temperature=temp).logprobs(model, batch)
+        assert torch.allclose(got, want) and latent is None
     with pytest.raises(ValueError, match="temperature > 0"):
         GRPOLoss(LearnerConfig(), None, temperature=0.0)
 

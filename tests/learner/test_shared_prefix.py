@@ -40,7 +40,8 @@ def test_shared_prefix_logprobs_equal_whole_row_ones(rows, grpo_turns, processor
     want = response_logprobs(model, grpo_turns, processor, cfg)
     batch = collate(rows, processor, merge=2, device="cpu")
     with torch.no_grad():
-        got = GRPOLoss(cfg.learner, None).logprobs(lambda **x: (suffix_logits(model, x), None), batch)
+        got, _ = GRPOLoss(cfg.learner, None).logprobs(lambda **x: (suffix_logits(model, x), None, None),
+                                                      batch)
     for i, w in enumerate(want):
         learned = batch.mask[i].nonzero().flatten()
         torch.testing.assert_close(got[i, learned], w, atol=1e-5, rtol=1e-5)
@@ -48,7 +49,7 @@ def test_shared_prefix_logprobs_equal_whole_row_ones(rows, grpo_turns, processor
 
 def _grads(module, batch, cfg):
     module.zero_grad()
-    lp = GRPOLoss(cfg.learner, None).logprobs(module, batch)
+    lp, _ = GRPOLoss(cfg.learner, None).logprobs(module, batch)
     (lp * batch.mask).sum().backward()
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 

@@ -241,30 +241,6 @@ def test_known_vllm_noise_is_filtered_but_other_warnings_pass(engine, logger_nam
     assert filters[0].filter(record("something else"))
 
 
-def test_shutdown_releases_the_engine_and_its_process_group(model_dirs, engine):
-    """A second engine in one process (test modules, the TRL bench) starts after the first
-    shut down, and nothing native is left for interpreter exit to tear down. This one runs
-    eager (`rollout.enforce_eager`) on 32-token KV blocks (`rollout.block_size`) and samples
-    what the compiled engine on vLLM's default blocks samples."""
-    import torch.distributed as dist
-
-    eng, processor = _start_engine(model_dirs, enforce_eager=True, block_size=32)
-    assert eng.engine.vllm_config.model_config.enforce_eager
-    assert not engine[0].engine.vllm_config.model_config.enforce_eager
-    assert eng.engine.vllm_config.cache_config.block_size == 32
-    assert engine[0].engine.vllm_config.cache_config.block_size != 32
-    ids = processor.tokenizer("hello there, what moves on the left").input_ids
-    eager = asyncio.run(eng.generate(ids, None, _greedy(eng, 12))).response_ids
-    assert eager == asyncio.run(engine[0].generate(ids, None, _greedy(engine[0], 12))).response_ids
-    assert dist.is_initialized()
-    eng.shutdown()
-    assert not dist.is_initialized()
-    assert eng.engine is None and not eng._thread.is_alive()
-    eng.shutdown()  # twice is harmless
-    with pytest.raises(RuntimeError, match="shut down"):
-        asyncio.run(eng.generate(ids, None, _greedy(eng, 2)))
-
-
 def test_the_learner_recomputes_the_rollouts_latent_mean(engine, model_dirs, synth, video):
     """The latent policy's mean: soft tokens from the slot states captured inside vLLM equal
     the ones the learner's forward computes on the GRPO row of that turn (<= 1e-4, fp32)."""
@@ -306,3 +282,28 @@ def test_the_learner_recomputes_the_rollouts_latent_mean(engine, model_dirs, syn
     actions, weights = batch.latent_actions((8, means[0].shape[-1]), "cpu"), batch.latent_weights("cpu")
     assert weights.tolist() == [1.0, 1.0, 1.0]
     assert torch.equal(actions[0], torch.tensor(turns[0].soft_tokens))
+
+
+def test_shutdown_releases_the_engine_and_its_process_group(model_dirs, engine):
+    """A second engine in one process (test modules, the TRL bench) starts after the first
+    shut down, and nothing native is left for interpreter exit to tear down. This one runs
+    eager (`rollout.enforce_eager`) on 32-token KV blocks (`rollout.block_size`) and samples
+    what the compiled engine on vLLM's default blocks samples."""
+    import torch.distributed as dist
+
+    eng, processor = _start_engine(model_dirs, enforce_eager=True, block_size=32)
+    assert eng.engine.vllm_config.model_config.enforce_eager
+    assert not engine[0].engine.vllm_config.model_config.enforce_eager
+    assert eng.engine.vllm_config.cache_config.block_size == 32
+    assert engine[0].engine.vllm_config.cache_config.block_size != 32
+    ids = processor.tokenizer("hello there, what moves on the left").input_ids
+    eager = asyncio.run(eng.generate(ids, None, _greedy(eng, 12))).response_ids
+    assert eager == asyncio.run(engine[0].generate(ids, None, _greedy(engine[0], 12))).response_ids
+    assert dist.is_initialized()
+    eng.shutdown()
+    assert not dist.is_initialized()
+    assert eng.engine is None and not eng._thread.is_alive()
+    eng.shutdown()  # twice is harmless
+    with pytest.raises(RuntimeError, match="shut down"):
+        asyncio.run(eng.generate(ids, None, _greedy(eng, 2)))
+
