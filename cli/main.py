@@ -92,6 +92,8 @@ def corpus_build(
     from corpus.build import REPORT, BuildError, build_corpus
     from corpus.readers import READERS
 
+    import ray.data  # noqa: F401 - configures its loggers on import; quieten them after
+
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the build's own bar says enough
 
     if fmt not in READERS:
