@@ -126,6 +126,7 @@ def _refinement_panel(ax, evals: dict[str, dict]) -> None:
         xs = [1] + [int(t) for t in turns]
         ys = [m["refinement"]["gt_rank_before"]] + [per_turn[t]["gt_rank_after"] for t in turns]
         ax.plot(xs, ys, "o-", label=tag)
+        ax.set_xticks(xs)
         drawn = True
     ax.set(title="ground truth's mean rank, text -> refined (eval)", xlabel="turn",
            ylabel="rank in the corpus (lower is better)")
