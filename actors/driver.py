@@ -32,7 +32,7 @@ from actors.rollout_pool import Weights, WorkerPool
 from actors.train_metrics import TrainMetrics
 from config.schema import Config
 from corpus.tables import CorpusTables, Query, load_built_corpus, load_corpus
-from evaluation.bootstrap import paired_difference
+from evaluation.bootstrap import heldout_change
 from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
 from models.loading import model_dirs
@@ -142,8 +142,9 @@ def stage_sft(s: Session, state: JobState) -> dict:
     vectors = dict(zip(ids, vecs, strict=True))
     examples = _sft_examples(s, _queries_of(s, "sft"), "train", vectors)
     # The refined query's InfoNCE on the val split's not-matched turns, before and after.
-    heldout = [e for e in _sft_examples(s, s.corpus.queries("val"), "val", vectors)
-               if e.answer == "not_matched"] if s.corpus.queries("val") else []
+    val = s.corpus.queries("val")
+    heldout = [e for e in _sft_examples(s, val, "val", vectors)
+               if e.answer == "not_matched"] if val else []
     learner = LearnerGroup(cfg)
     learner.build("sft", s.policy_dir, s.embedder_dir,
                   ds_overrides=sft_schedule(cfg.train.sft_steps, cfg.learner))
@@ -170,19 +171,6 @@ def stage_sft(s: Session, state: JobState) -> dict:
               f"{out['heldout_infonce'][1]:.3f}, change {out['heldout_infonce_change']} "
               f"({len(heldout)} val turns)", flush=True)
     return out
-
-
-def heldout_change(before: list[dict], after: list[dict]) -> dict:
-    """Mean InfoNCE and CE of the held-out turns before and after SFT, and the paired change
-    of InfoNCE with its 95 % interval."""
-    def mean(rows: list[dict], key: str) -> float:
-        return float(np.mean([r[key] for r in rows]))
-
-    change = paired_difference({i: r["infonce"] for i, r in enumerate(after)},
-                               {i: r["infonce"] for i, r in enumerate(before)})
-    return {"heldout_infonce": [mean(before, "infonce"), mean(after, "infonce")],
-            "heldout_ce": [mean(before, "ce"), mean(after, "ce")],
-            "heldout_infonce_change": [round(v, 4) for v in change], "heldout_turns": len(before)}
 
 
 def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Query]:

@@ -49,28 +49,18 @@ async def _refined_places(session, episodes: list[list]) -> list:
     turn t-1 produced, so the same search is made again with k = every video."""
     k = int(session.results["index"]["indexed"])
 
-    async def ranking(text: str, soft):
+    async def ranking(text: str, soft) -> tuple[list[str], list[float]]:
         hits = await session.retriever.search(text, soft, k)
         return hits.video_ids, hits.scores
 
-    jobs, meta = [], []
-    for turns in episodes:
+    async def of_episode(turns: list) -> list:
         refined = [(prev, turn) for prev, turn in zip(turns, turns[1:], strict=False) if prev.soft_tokens]
         if not refined:
-            continue
-        text = turns[0].query_text
-        jobs.append(ranking(text, None))
-        meta.append(None)
-        for prev, turn in refined:
-            jobs.append(ranking(text, np.asarray(prev.soft_tokens, np.float32)))
-            meta.append(turn)
-    results = await asyncio.gather(*jobs)
-    out, before = [], None
-    for turn, (ids, scores) in zip(meta, results, strict=True):
-        if turn is None:
-            before = (ids, scores)
-            continue
-        gt = turn.gt_video_id
-        if (b := place(*before, gt)) and (a := place(ids, scores, gt)):
-            out.append((turn.turn, b, a))
-    return out
+            return []
+        text, gt = turns[0].query_text, turns[0].gt_video_id
+        before, *after = await asyncio.gather(ranking(text, None), *(
+            ranking(text, np.asarray(prev.soft_tokens, np.float32)) for prev, _ in refined))
+        return [(turn.turn, b, a) for (_, turn), ranked in zip(refined, after, strict=True)
+                if (b := place(*before, gt)) and (a := place(*ranked, gt))]
+
+    return [p for places in await asyncio.gather(*map(of_episode, episodes)) for p in places]

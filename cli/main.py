@@ -89,10 +89,10 @@ def corpus_build(
     corpus.source=<format> corpus.video_dir=<out>."""
     import logging
 
+    import ray.data  # noqa: F401 - configures its loggers on import; quieten them after
+
     from corpus.build import REPORT, BuildError, build_corpus
     from corpus.readers import READERS
-
-    import ray.data  # noqa: F401 - configures its loggers on import; quieten them after
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the build's own bar says enough
 

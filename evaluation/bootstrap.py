@@ -35,3 +35,16 @@ def paired_difference(a: Mapping[object, float], b: Mapping[object, float], **kw
     diff = [float(a[q]) - float(b[q]) for q in common]
     low, high = mean_ci(diff, **kw)
     return float(np.mean(diff)), low, high
+
+
+def heldout_change(before: list[dict], after: list[dict]) -> dict:
+    """Mean InfoNCE and CE of the held-out turns before and after SFT, and the paired change
+    of InfoNCE with its 95 % interval."""
+    def mean(rows: list[dict], key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    change = paired_difference({i: r["infonce"] for i, r in enumerate(after)},
+                               {i: r["infonce"] for i, r in enumerate(before)})
+    return {"heldout_infonce": [mean(before, "infonce"), mean(after, "infonce")],
+            "heldout_ce": [mean(before, "ce"), mean(after, "ce")],
+            "heldout_infonce_change": [round(v, 4) for v in change], "heldout_turns": len(before)}

@@ -47,7 +47,7 @@ def test_a_cluster_short_of_cpus_is_told_how_to_start_the_head():
 
 
 def test_heldout_change_pairs_the_turns():
-    from actors.driver import heldout_change
+    from evaluation.bootstrap import heldout_change
 
     before = [{"infonce": 3.0, "ce": 1.0}, {"infonce": 2.0, "ce": 2.0}, {"infonce": 4.0, "ce": 0.0}]
     after = [{"infonce": 2.5, "ce": 0.5}, {"infonce": 1.5, "ce": 0.5}, {"infonce": 3.5, "ce": 0.5}]
