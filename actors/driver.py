@@ -37,7 +37,7 @@ from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
 from models.loading import model_dirs
 from retrieval_service.indexing import build_index, read_embeddings
-from rollout.agent import episode_reward
+from rollout.group import Group, episode_reward
 from rollout.rewards import REWARD_PARTS
 from rollout.trajectory import Turn, turns_to_table
 from tiny.build import with_tiny_models
@@ -81,7 +81,7 @@ def start_workers(s: Session) -> None:
     workers = [PolicyWorker.options(num_cpus=res.cpus_per_actor,
                                     num_gpus=res.gpus_per_policy_worker,
                                     resources=role_resources(s.cfg, "rollout")).remote(
-                   s.cfg, str(s.policy_dir), f"policy-{i}")
+                   s.cfg, str(s.policy_dir), f"policy-{i}", s.router, s.corpus.video_paths)
                for i in range(res.num_policy_workers)]
     ray.get([w.ready.remote() for w in workers])
     s.pool = WorkerPool(workers, s.cfg)
@@ -184,18 +184,11 @@ def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Quer
     return out
 
 
-def informative(group: list[list[Turn]]) -> bool:
-    """A group whose episodes did not all earn the same reward: only such a group has a
-    non-zero advantage anywhere."""
-    rewards = [episode_reward(turns) for turns in group]
-    return max(rewards) - min(rewards) > 1e-9
-
-
 @dataclass
 class Draw:
     """One GRPO step's rollouts: the groups the learner trains on, every episode generated
     (for the step's reward means), and how far the query stream advanced."""
-    kept: list[list[list[Turn]]]
+    kept: list[Group]
     episodes: list[list[Turn]]
     queries_drawn: int
 
@@ -216,11 +209,10 @@ async def draw_groups(s: Session, train: list[Query], position: int, step: int) 
     for round_ in range(cfg.max_query_draws if cfg.dynamic_sampling else 1):
         need = P - len(kept)
         queries = _batch(train, position + drawn, need, cfg.seed)
-        groups = await s.pool.groups(queries, G, s.retriever, s.corpus.video_path,
-                                     seed=cfg.seed * 7919 + step + 104_729 * round_)
+        groups = await s.pool.groups(queries, G, seed=cfg.seed * 7919 + step + 104_729 * round_)
         drawn += need
-        episodes += [turns for group in groups for turns in group]
-        kept += [g for g in groups if informative(g) or not cfg.dynamic_sampling]
+        episodes += [turns for group in groups for turns in group.episodes]
+        kept += [g for g in groups if g.informative or not cfg.dynamic_sampling]
         if len(kept) == P:
             break
     return Draw(kept, episodes, drawn)
@@ -281,13 +273,14 @@ def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
         draw = asyncio.run(draw_groups(s, train, position, step))
         position += draw.queries_drawn
         rollout_s = time.perf_counter() - started
-        turns = [t for group in draw.kept for episode in group for t in episode]
+        turns = [t for group in draw.kept for t in group.turns]
         save_rollouts(s.work / "rollouts", step, turns, cfg.train.save_rollouts_every)
         rewards = _reward_means(draw.episodes)
         # no group with a reward difference in any draw: nothing to learn, the weights stay
-        metrics = learner.grpo_step(turns) if turns else {}
+        samples = [x for group in draw.kept for x in group.samples()]
+        metrics = learner.grpo_step(samples) if samples else {}
         sync_started = time.perf_counter()
-        if turns:
+        if samples:
             _sync_all(s, learner.export_weights())
         metrics |= {f"reward_{k}": v for k, v in rewards.items()}
         metrics |= {"rollout_seconds": rollout_s, "sync_seconds": time.perf_counter() - sync_started,
@@ -429,7 +422,7 @@ def _report(s: Session, evals: dict, out: Path, seconds: float) -> dict:
                    if a in evals and b in evals}
     summary = {"seconds": round(seconds, 1), "stages": s.results,
                "eval": evals | ({"paired": differences} if differences else {}),
-               "retried_episodes": s.pool.retried_episodes if s.pool else 0,
+               "retried_groups": s.pool.retried_groups if s.pool else 0,
                "plot": str(plot(s.metrics.history, evals, out / "training.png"))}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "history.json").write_text(json.dumps(s.metrics.history, indent=2, default=float))

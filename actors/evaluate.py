@@ -23,16 +23,16 @@ def evaluate(session, split: str, tag: str) -> dict:
     queries = session.corpus.queries(split)
     if not queries:
         raise ValueError(f"no queries in split {split!r}")
-    episodes = asyncio.run(session.pool.groups(queries, 1, session.retriever,
-                                               session.corpus.video_path, seed=0, greedy=True,
-                                               progress=f"eval {tag}"))
-    table = predictions_table([group[0] for group in episodes])
+    groups = asyncio.run(session.pool.groups(queries, 1, seed=0, greedy=True,
+                                             progress=f"eval {tag}"))
+    episodes = [group.episodes[0] for group in groups]
+    table = predictions_table(episodes)
     out = Path(session.work) / "eval" / tag
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / "predictions.parquet")
     write_tvr_submission(table, out, sorted(session.corpus.video_paths))
     metrics = compute_metrics(table)
-    places = asyncio.run(_refined_places(session, [group[0] for group in episodes]))
+    places = asyncio.run(_refined_places(session, episodes))
     metrics.setdefault("refinement", {}).update(refinement_figure(places))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     final = metrics["final"]

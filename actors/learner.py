@@ -164,8 +164,8 @@ class LearnerGroup:
         """The group's config with LearnerConfig fields replaced (for `build(cfg=...)`)."""
         return replace(self.cfg, learner=replace(self.cfg.learner, **learner_overrides))
 
-    def grpo_step(self, turns: list) -> dict[str, float]:
-        return self._call("grpo_step", turns)
+    def grpo_step(self, samples: list) -> dict[str, float]:
+        return self._call("grpo_step", samples)
 
     def sft_step(self, examples: list) -> dict[str, float]:
         return self._call("sft_step", examples)

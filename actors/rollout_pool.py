@@ -1,11 +1,11 @@
-"""Episodes across E PolicyWorkers: placement, versioned weights, retry on death.
+"""GRPO groups across E PolicyWorkers: placement, versioned weights, retry on death.
 
-Each episode sticks to one worker (its turns share that engine's prefix cache) and
-workers are picked least-loaded. A worker that dies mid-episode is restarted by Ray
-(`max_restarts`); the pool brings it to the current weight version before it gets
-work again, and the episode is re-run from its first turn on a live worker. The
-partial turns of the failed attempt are dropped, so a step loses and duplicates no
-trajectory.
+The driver asks for groups, not turns: each group runs whole on one worker (its episodes
+share that engine's prefix cache, and their advantages are computed there), workers picked
+least-loaded. A worker that dies mid-group is restarted by Ray (`max_restarts`); the pool
+brings it to the current weight version before it gets work again, and the group is re-run
+from its first turn on a live worker. The partial episodes of the failed attempt never left
+the dead worker, so a step loses and duplicates no trajectory.
 """
 
 from __future__ import annotations
@@ -21,24 +21,10 @@ from tqdm.asyncio import tqdm_asyncio
 
 from config.schema import Config
 from corpus.tables import Query
-from rollout.agent import RetrieverClient, run_episode
-from rollout.trajectory import Turn
+from rollout.group import Group
 
 log = logging.getLogger(__name__)
 WORKER_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
-
-
-class ActorPolicy:
-    """PolicyClient over a PolicyWorker handle."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    async def generate(self, query, video_path, seed, greedy):
-        return await self.handle.generate.remote(query, video_path, seed, greedy)
-
-    async def soft_tokens(self, query, response_ids, video_path):
-        return await self.handle.soft_tokens.remote(query, response_ids, video_path)
 
 
 @dataclass
@@ -55,7 +41,7 @@ class WorkerPool:
         self.max_attempts = max_attempts
         self.weights: Weights | None = None
         self._load = [0] * len(self.workers)
-        self.retried_episodes = 0
+        self.retried_groups = 0
 
     async def sync(self, weights: Weights) -> list[float]:
         """Send new weights to every worker (one object-store copy, E readers). Versions are
@@ -83,36 +69,30 @@ class WorkerPool:
                 await asyncio.sleep(1.0)
         raise RuntimeError(f"policy worker {i} did not come back after a restart")
 
-    async def episode(self, query: Query, sample: int, retriever: RetrieverClient,
-                      video_path, seed: int | None, greedy: bool = False) -> list[Turn]:
+    async def group(self, query: Query, seeds: list[int | None], greedy: bool = False) -> Group:
         last_error: Exception | None = None
         for _attempt in range(self.max_attempts):
             i = min(range(len(self.workers)), key=self._load.__getitem__)
             self._load[i] += 1
             try:
-                turns = await run_episode(query, sample, ActorPolicy(self.workers[i]), retriever,
-                                          video_path, self.cfg, seed=seed, greedy=greedy)
-                self.workers[i].episode_done.remote()
-                return turns
+                return await self.workers[i].run_group.remote(query, seeds, greedy)
             except WORKER_ERRORS as exc:
                 last_error = exc
-                self.retried_episodes += 1
-                log.warning("policy worker %d died during episode %s#%d; retrying", i,
-                            query.query_id, sample)
+                self.retried_groups += 1
+                log.warning("policy worker %d died during the group of %s; retrying", i,
+                            query.query_id)
                 await self._wait_alive(i)
             finally:
                 self._load[i] -= 1
-        raise RuntimeError(f"episode {query.query_id}#{sample} failed {self.max_attempts} times") \
+        raise RuntimeError(f"the group of {query.query_id} failed {self.max_attempts} times") \
             from last_error
 
-    async def groups(self, queries: list[Query], group_size: int, retriever: RetrieverClient,
-                     video_path, seed: int, greedy: bool = False,
-                     progress: str | None = None) -> list[list[list[Turn]]]:
-        """G episodes for each query, all in flight at once; result[q][g] = turns.
-        `progress`: a progress bar's label, counting finished episodes."""
-        jobs = [[self.episode(q, g, retriever, video_path,
-                              None if greedy else seed * 100_003 + qi * 1_009 + g, greedy)
-                 for g in range(group_size)] for qi, q in enumerate(queries)]
-        flat = await tqdm_asyncio.gather(*[j for group in jobs for j in group], desc=progress,
-                                         unit="episode", disable=progress is None)
-        return [flat[i * group_size:(i + 1) * group_size] for i in range(len(queries))]
+    async def groups(self, queries: list[Query], group_size: int, seed: int, greedy: bool = False,
+                     progress: str | None = None) -> list[Group]:
+        """G episodes for each query, all groups in flight at once; result[q] is query q's.
+        `progress`: a progress bar's label, counting finished groups."""
+        jobs = [self.group(q, [None if greedy else seed * 100_003 + qi * 1_009 + g
+                               for g in range(group_size)], greedy)
+                for qi, q in enumerate(queries)]
+        return await tqdm_asyncio.gather(*jobs, desc=progress, unit="group",
+                                         disable=progress is None)

@@ -22,7 +22,7 @@ import numpy as np
 import ray
 import torch
 
-from bench.turns import synthetic_turns
+from bench.turns import synthetic_samples
 from config import load_config
 from corpus.synth import generate_corpus
 from models.loading import model_dirs
@@ -92,7 +92,7 @@ def run(results: dict) -> dict:
             "rollout.max_model_len=1024", "rollout.sampling.max_tokens=16"]))
         policy_dir, _ = model_dirs(cfg)
         corpus = generate_corpus(cfg.corpus.synth, work / "corpus")
-        turns = synthetic_turns(cfg.video, policy_dir,
+        turns = synthetic_samples(cfg.video, policy_dir,
                                 [str(corpus.out_dir / f"videos/synth_{p:04d}.mp4") for p in range(P)],
                                 G, LENGTH)
         # Logical CPUs: one rank takes the preset's 2 (its torch threads), two ranks 1 each.

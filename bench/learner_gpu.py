@@ -25,7 +25,7 @@ import torch
 import typer
 
 from bench.gpu_shapes import build_model, cuda_seconds, preset_videos, qwen3vl_2b_config
-from bench.turns import synthetic_turns
+from bench.turns import synthetic_samples
 
 ROWS, P, RESPONSE, TIMED = 16, 4, 512, 2
 
@@ -33,7 +33,7 @@ ROWS, P, RESPONSE, TIMED = 16, 4, 512, 2
 def build_turns(cfg, policy_dir: Path, corpus_dir: Path) -> list:
     corpus = preset_videos(cfg, P, corpus_dir)
     paths = [str(corpus.out_dir / f"videos/synth_{p:04d}.mp4") for p in range(P)]
-    return synthetic_turns(cfg.video, policy_dir, paths, ROWS // P, RESPONSE)
+    return synthetic_samples(cfg.video, policy_dir, paths, ROWS // P, RESPONSE)
 
 
 def measure(cfg, policy_dir: Path, turns: list) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from rollout.parsing import parse_response
+from models.parsing import parse_response
 
 GOOD = ("<think>The video shows a red circle moves left on a navy background from 2 to 6 seconds."
         "</think> <answer>matched</answer> <start>2.0</start> <end>6.0</end> <REFINE>")

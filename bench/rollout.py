@@ -23,9 +23,9 @@ from config.schema import SamplingConfig
 from corpus.synth import generate_corpus
 from corpus.video import decode_video
 from models.loading import load_policy, load_processor, model_dirs
+from models.prompts import hf_turn_inputs, prompt_ids, vllm_video_data
 from models.tokens import SQR_SLOT_TOKEN
 from rollout.engine import PolicyEngine
-from rollout.prompts import hf_turn_inputs, prompt_ids, vllm_video_data
 from tiny.build import RANDOM_TINY_MODELS, with_tiny_models
 
 P, G, MIN_LEN, MAX_LEN = 4, 8, 32, 128

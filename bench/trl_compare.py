@@ -204,6 +204,7 @@ def _ours(s: dict) -> dict:
     from models.loading import load_processor
     from models.tokens import SQR_SLOT_TOKEN
     from rollout.engine import PolicyEngine
+    from rollout.group import samples_of
     from rollout.trajectory import Turn
 
     torch.manual_seed(0)
@@ -257,9 +258,9 @@ def _ours(s: dict) -> dict:
                     video_id="", video_path="", frame_times=[], retrieved_ids=[],
                     retrieved_scores=[], prompt_ids=gen.prompt_ids, response_ids=gen.response_ids,
                     sampling_logprobs=gen.logprobs, response_text=text, reward=reward(text),
-                    is_final=True, weight_version=learner.version))
+                    episode_reward=reward(text), is_final=True, weight_version=learner.version))
             t2 = time.perf_counter()
-            metrics = learner.grpo_step(turns)
+            metrics = learner.grpo_step(samples_of(turns, cfg.learner.std_normalize_advantages))
             t3 = time.perf_counter()
             _, policy_state, _ = learner.export_weights()
             asyncio.run(engine.load_weights(policy_state.items()))

@@ -1,4 +1,4 @@
-"""Synthetic GRPO turns for the learner benchmarks: each video's prompt as the rollout builds it,
+"""Synthetic GRPO samples for the learner benchmarks: each video's prompt as the rollout builds it,
 random response ids, flat sampler log-probs and random rewards (what a learner step costs does
 not depend on what the tokens say)."""
 
@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from corpus.video import decode_video
+from learner.sample import Sample
 from models.loading import load_processor
-from rollout.prompts import hf_turn_inputs
+from models.prompts import hf_turn_inputs
+from rollout.group import samples_of
 from rollout.trajectory import Turn
 
 
-def synthetic_turns(video_cfg, policy_dir: Path, paths: list[str], per_video: int,
-                    length: int) -> list[Turn]:
+def synthetic_samples(video_cfg, policy_dir: Path, paths: list[str], per_video: int,
+                      length: int) -> list[Sample]:
     processor = load_processor(policy_dir)
     rng = np.random.default_rng(0)
     v, turns = video_cfg, []
@@ -30,5 +32,5 @@ def synthetic_turns(video_cfg, policy_dir: Path, paths: list[str], per_video: in
                 retrieved_scores=[], prompt_ids=prompt,
                 response_ids=rng.integers(100, 400, size=length).tolist(),
                 sampling_logprobs=[-6.0] * length, response_text="",
-                reward=float(rng.random()), is_final=True))
-    return turns
+                episode_reward=float(rng.random()), is_final=True))
+    return samples_of(turns, std_normalize=False)

@@ -18,7 +18,7 @@ import torch
 
 from config.schema import VideoConfig
 from corpus.video import DecodedVideo, decode_video
-from rollout.prompts import hf_video_inputs
+from models.prompts import hf_video_inputs
 
 
 @dataclass

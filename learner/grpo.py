@@ -1,8 +1,7 @@
-"""GRPO on trajectory turns: advantages, rows, and the loss of one micro-batch.
+"""GRPO on rollout samples: rows, and the loss of one micro-batch.
 
-Every turn of an episode gets the episode's group advantage (the episode reward is
-rollout.agent.episode_reward, minus the mean of the G episodes of its query; divided by their
-std only with learner.std_normalize_advantages). Log-probs are
+Each sample arrives with its episode's group advantage (computed by the rollout while the group
+was together: rollout.group.Group). Log-probs are
 recomputed by the learner; the ratio's denominator is the learner's own log-prob from before the
 update (so numerics differences to the sampler do not leak into the clip), and the learner-vs-
 sampler gap is reported as a health metric.
@@ -19,55 +18,39 @@ import torch
 from config.schema import LearnerConfig, LossAggregation, SQRConfig
 from learner.batch import Batch, Row, VideoInputs
 from learner.losses import (
-    group_advantages,
     latent_policy_loss,
     logprob_mismatch,
     policy_loss,
     token_logprobs,
 )
+from learner.sample import Sample
 from learner.shared_prefix import suffix_logits
 from learner.stats import Stats
 from models.sqr_heads import gaussian_logprob
-from rollout.agent import episode_reward
-from rollout.trajectory import Turn
 
 log = logging.getLogger(__name__)
 
 
-def turn_advantages(turns: list[Turn], std_normalize: bool) -> list[float]:
-    episodes: dict[str, list[Turn]] = {}
-    for t in turns:
-        episodes.setdefault(t.episode_id, []).append(t)
-    names = list(episodes)
-    rewards = torch.tensor([episode_reward(episodes[e]) for e in names], dtype=torch.float64)
-    queries = {q: i for i, q in enumerate(dict.fromkeys(episodes[e][0].query_id for e in names))}
-    groups = torch.tensor([queries[episodes[e][0].query_id] for e in names])
-    adv = dict(zip(names, group_advantages(rewards, groups, std_normalize).tolist(), strict=True))
-    return [adv[t.episode_id] for t in turns]
-
-
-def grpo_rows(turns: list[Turn], videos: VideoInputs, std_normalize: bool,
+def grpo_rows(samples: list[Sample], videos: VideoInputs,
               latent_slots: tuple[int, int] | None = None) -> list[Row]:
-    """One row per turn, each with its episode's advantage: an episode's log-prob is the sum
-    over its turns, so every turn counts in full (weighting turns 1 / turns-in-episode biased
-    the gradient and did not stop the collapse it was meant to).
+    """One row per sample, with its episode's advantage: an episode's log-prob is the sum over
+    its turns, so every turn counts in full (weighting turns 1 / turns-in-episode biased the
+    gradient and did not stop the collapse it was meant to).
 
     `latent_slots` (slot token id, N) for the latent policy: every row ends in N slot tokens
     (after the response, so they change no token's logits), where the forward recomputes the
     soft tokens' mean; rows whose turn refined with a sampled action carry it."""
     rows = []
-    for t, adv in zip(turns, turn_advantages(turns, std_normalize), strict=True):
-        if len(t.sampling_logprobs) != len(t.response_ids):
-            raise ValueError(f"turn {t.episode_id}/{t.turn}: {len(t.sampling_logprobs)} log-probs "
-                             f"for {len(t.response_ids)} response tokens")
-        video = videos.for_turn(t.video_path, t.frame_times) if t.video_path else None
-        row = Row(ids=list(t.prompt_ids) + list(t.response_ids), mask=t.loss_mask,
-                  video=video, sampled=list(t.sampling_logprobs), advantage=adv)
+    for s in samples:
+        video = videos.for_turn(s.video_path, s.frame_times) if s.video_path else None
+        row = Row(ids=list(s.prompt_ids) + list(s.response_ids),
+                  mask=[0] * len(s.prompt_ids) + [1] * len(s.response_ids),
+                  video=video, sampled=list(s.sampled_logprobs), advantage=s.advantage)
         if latent_slots is not None:
             slot, n = latent_slots
             row.ids, row.mask, row.num_slots = row.ids + [slot] * n, row.mask + [0] * n, n
-            if t.latent_mean:
-                row.latent_action, row.latent_weight = np.asarray(t.soft_tokens, np.float32), 1.0
+            if s.latent_action is not None:
+                row.latent_action, row.latent_weight = np.asarray(s.latent_action, np.float32), 1.0
         rows.append(row)
     return rows
 

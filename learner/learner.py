@@ -23,6 +23,7 @@ from learner.batch import Row, VideoInputs, collate, prefix_groups
 from learner.engine import build_engine, build_reference, device
 from learner.grpo import GRPOLoss, grpo_rows, normaliser, warn_mismatch
 from learner.module import PolicyWithHeads, set_trainable
+from learner.sample import Sample
 from learner.schedule import plan
 from learner.sft import SFTLoss, normalisers, sft_rows
 from learner.sft_data import SFTExample
@@ -30,7 +31,6 @@ from learner.shared_prefix import allow_checkpointing
 from learner.stats import Stats
 from models.loading import load_policy, load_processor
 from models.tokens import SQR_SLOT_TOKEN
-from rollout.trajectory import Turn
 
 STAGES = ("sft", "grpo")
 
@@ -79,14 +79,14 @@ class Learner:
         return int(self.engine.global_steps)
 
     # ---- steps ------------------------------------------------------------------------
-    def grpo_step(self, turns: list[Turn]) -> dict[str, float]:
-        """One pass over the turns (one optimizer update per mini-batch); every rank gets the
-        same turns and takes its own share."""
+    def grpo_step(self, samples: list[Sample]) -> dict[str, float]:
+        """One pass over the samples (one optimizer update per mini-batch); every rank gets the
+        same samples and takes its own share."""
         self._require("grpo")
         started = time.perf_counter()
         lcfg, sqr = self.cfg.learner, self.cfg.sqr
         slots = (self.slot_id, sqr.num_tokens) if sqr.latent_sigma > 0 else None
-        rows = grpo_rows(turns, self.videos, lcfg.std_normalize_advantages, slots)
+        rows = grpo_rows(samples, self.videos, slots)
         sampling = self.cfg.rollout.sampling
         loss = GRPOLoss(lcfg, self.ref, sampling.temperature, sampling.top_p, sqr)
         self._old_logprobs(rows, loss)

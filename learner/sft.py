@@ -21,7 +21,7 @@ from learner.batch import Batch, Row, VideoInputs
 from learner.losses import info_nce, sft_loss, sft_token_loss
 from learner.sft_data import SFTExample
 from learner.stats import Stats
-from rollout.prompts import hf_turn_inputs
+from models.prompts import hf_turn_inputs
 
 
 def sft_rows(examples: list[SFTExample], processor, videos: VideoInputs,

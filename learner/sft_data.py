@@ -29,7 +29,7 @@ from difflib import SequenceMatcher
 
 import numpy as np
 
-from rollout.parsing import format_response
+from models.parsing import format_response
 
 
 @dataclass

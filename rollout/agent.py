@@ -20,8 +20,8 @@ import torch
 
 from config.schema import Config
 from corpus.tables import Query
+from models.parsing import parse_response
 from models.sqr_heads import gaussian_logprob, sample_latent
-from rollout.parsing import parse_response
 from rollout.rewards import (
     REWARD_PARTS,
     RewardParts,
@@ -154,9 +154,4 @@ def _set_rewards(turn: Turn, parts: RewardParts, cfg: Config) -> RewardParts:
         setattr(turn, f"reward_{name}", float(getattr(parts, name) or 0.0))
     turn.reward = total_reward(parts, cfg.reward)
     return parts
-
-
-def episode_reward(turns: list[Turn]) -> float:
-    """The scalar GRPO compares within a group (rollout.rewards.episode_total)."""
-    return float(turns[-1].episode_reward) if turns else 0.0
 

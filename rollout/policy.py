@@ -14,10 +14,10 @@ import torch
 from config.schema import Config
 from corpus.video import DecodedVideo, decode_video
 from models.loading import load_processor, torch_dtype
+from models.prompts import prompt_ids, vllm_video_data
 from models.sqr_heads import SQRHeads
 from models.tokens import NEVER_GENERATED, REFINE_TOKEN, SQR_SLOT_TOKEN
 from rollout.engine import PolicyEngine
-from rollout.prompts import prompt_ids, vllm_video_data
 
 
 @dataclass

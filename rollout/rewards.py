@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from rollout.parsing import ParsedResponse
+from models.parsing import ParsedResponse
 
 
 class RewardWeights(Protocol):

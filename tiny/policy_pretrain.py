@@ -42,8 +42,8 @@ from learner.losses import sft_token_loss
 from learner.sft_data import DIFFERS, SAME, moment_sentence, reasoning, template_words
 from learner.shared_prefix import suffix_logits
 from models.loading import load_policy, load_processor
-from rollout.parsing import format_response
-from rollout.prompts import CAPTION_PROMPT, INSTRUCTION, hf_prompt_inputs
+from models.parsing import format_response
+from models.prompts import CAPTION_PROMPT, INSTRUCTION, hf_prompt_inputs
 from tiny.fit import fit
 
 

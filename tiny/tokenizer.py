@@ -15,9 +15,9 @@ from transformers import PreTrainedTokenizerFast
 from config.schema import ModelConfig
 from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, describe
 from learner.sft_data import reasoning, template_words
+from models.parsing import format_response
+from models.prompts import CAPTION_PROMPT, INSTRUCTION
 from models.tokens import QWEN_ADDED_TOKENS, QWEN_SPECIAL_TOKENS, REFINE_TOKEN, SQR_SLOT_TOKEN
-from rollout.parsing import format_response
-from rollout.prompts import CAPTION_PROMPT, INSTRUCTION
 
 # Qwen2's pre-tokenizer regex (single digits, words with a leading non-letter).
 _QWEN_SPLIT = (

@@ -142,8 +142,8 @@ def test_an_eval_run_evaluates_the_trained_policy_beside_the_training_results(sh
 
 
 def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
-    """Kill the PolicyWorker process and an index shard mid-step: every (query, sample)
-    comes back exactly once and the restarted worker holds the current weights."""
+    """Kill the PolicyWorker process (its agent loops with it) and an index shard mid-step:
+    every (query, sample) comes back exactly once and the restarted worker holds the current weights."""
     from actors.driver import _weights_from_export, open_session
 
     s = open_session(short_cfg)
@@ -155,7 +155,7 @@ def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
     queries = s.corpus.queries("train")[:3]
 
     async def step_with_faults():
-        task = asyncio.ensure_future(s.pool.groups(queries, 2, s.retriever, s.corpus.video_path, seed=1))
+        task = asyncio.ensure_future(s.pool.groups(queries, 2, seed=1))
         while not any(s.pool._load):  # episodes dispatched to the worker
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)  # their first turns are generating (a turn takes ~1 s)
@@ -167,10 +167,11 @@ def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
         groups = asyncio.run(step_with_faults())
     finally:
         s.metrics.close()  # its TensorBoard writer thread would outlive the test
-    seen = [(turns[0].query_id, turns[0].sample) for group in groups for turns in group]
+    seen = [(turns[0].query_id, turns[0].sample) for group in groups for turns in group.episodes]
     assert sorted(seen) == sorted((q.query_id, g) for q in queries for g in range(2))
-    assert all(turns[-1].is_final and turns[0].turn == 1 for group in groups for turns in group)
-    assert s.pool.retried_episodes > 0
+    assert all(turns[-1].is_final and turns[0].turn == 1
+               for group in groups for turns in group.episodes)
+    assert s.pool.retried_groups > 0
     assert ray.get(worker.weight_version.remote()) == s.pool.weights.version
     assert ray.get(worker.pid.remote()) != pid
 

@@ -10,7 +10,7 @@ from bench.gpu_shapes import build_model, preset_videos, qwen3vl_2b_config
 from config import load_config
 from corpus.video import decode_video
 from models.loading import load_policy, load_processor
-from rollout.prompts import hf_turn_inputs
+from models.prompts import hf_turn_inputs
 from tiny.tokenizer import train_tokenizer
 
 

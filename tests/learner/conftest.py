@@ -13,7 +13,7 @@ import pytest
 
 from corpus.video import decode_video
 from models.loading import load_policy, load_processor
-from rollout.prompts import hf_turn_inputs
+from models.prompts import hf_turn_inputs
 from rollout.trajectory import Turn
 from tests.learner.logprobs import response_logprobs
 
@@ -66,6 +66,14 @@ def grpo_turns(cfg, model_dirs, processor, corpus_rows) -> list[Turn]:
     for t, lp in zip(turns, response_logprobs(model, turns, processor, cfg), strict=True):
         t.sampling_logprobs = lp.tolist()
     return turns
+
+
+@pytest.fixture(scope="session")
+def grpo_samples(grpo_turns, cfg):
+    """grpo_turns as the rollout hands them to the learner (a group per query, advantages in)."""
+    from rollout.group import samples_of
+
+    return samples_of(grpo_turns, cfg.learner.std_normalize_advantages)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from corpus.video import decode_video
-from rollout.prompts import hf_video_inputs, mm_token_type_ids
+from models.prompts import hf_video_inputs, mm_token_type_ids
 from rollout.trajectory import Turn
 
 

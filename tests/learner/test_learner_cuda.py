@@ -31,7 +31,7 @@ def timed(fn, *args):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_grpo_step_on_cuda_moves_the_policy_and_exports_full_cpu_tensors(
-        stage, process_group, learner_cfg, model_dirs, grpo_turns):
+        stage, process_group, learner_cfg, model_dirs, grpo_samples):
     assert torch.distributed.get_backend() == "nccl"
     learner = Learner(zero(learner_cfg, stage), "grpo", model_dirs[0])
     try:
@@ -39,10 +39,10 @@ def test_grpo_step_on_cuda_moves_the_policy_and_exports_full_cpu_tensors(
         assert learner.ref is not None  # kl_beta > 0: the frozen bf16 reference is on the GPU
         assert {p.device.type for p in learner.engine.module.parameters()} == {"cuda"}
         _, before, _ = learner.export_weights()
-        metrics, first = timed(learner.grpo_step, grpo_turns)
-        _, second = timed(learner.grpo_step, grpo_turns)
+        metrics, first = timed(learner.grpo_step, grpo_samples)
+        _, second = timed(learner.grpo_step, grpo_samples)
         version, after, heads = learner.export_weights()
-        print(f"\nZeRO-{stage} GRPO step ({len(grpo_turns)} turns): first {first:.3f} s, "
+        print(f"\nZeRO-{stage} GRPO step ({len(grpo_samples)} turns): first {first:.3f} s, "
               f"second {second:.3f} s; logprob_mismatch {metrics['logprob_mismatch']:.4f}; "
               f"memory peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
         assert all(math.isfinite(v) for v in metrics.values()), metrics

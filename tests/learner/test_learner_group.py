@@ -45,9 +45,9 @@ def _hf_model(model_dirs, state: dict):
 
 
 def test_grpo_step_moves_logprobs_along_the_advantages(group, learner_cfg, model_dirs, processor,
-                                                       grpo_turns):
+                                                       grpo_turns, grpo_samples):
     group.build("grpo", model_dirs[0])
-    metrics = group.grpo_step(grpo_turns)
+    metrics = group.grpo_step(grpo_samples)
     assert metrics["version"] == 1 and metrics["tokens"] == sum(len(t.response_ids) for t in grpo_turns)
     assert metrics["logprob_mismatch"] < 1e-4, "sampling log-probs came from the same weights"
     assert metrics["ratio"] == pytest.approx(1.0) and metrics["kl_ref"] == pytest.approx(0.0, abs=1e-6)
@@ -63,7 +63,7 @@ def test_grpo_step_moves_logprobs_along_the_advantages(group, learner_cfg, model
 
 
 def test_two_ranks_under_zero2_and_zero3_update_like_one_rank(ray_cluster, group, learner_cfg,
-                                                              model_dirs, grpo_turns, tmp_path):
+                                                              model_dirs, grpo_samples, tmp_path):
     """Same batch, same global batch size (1 rank x 2 accumulation steps = 2 ranks x 1), two
     steps (the second with Adam state and a KL term): the same losses and the same update. Adam
     divides by sqrt(v), so a gradient that is ~0 up to roundoff can move a weight by up to lr
@@ -72,7 +72,7 @@ def test_two_ranks_under_zero2_and_zero3_update_like_one_rank(ray_cluster, group
     from actors.learner import LearnerGroup
 
     group.build("grpo", model_dirs[0])
-    losses = [group.grpo_step(grpo_turns)["loss"] for _ in range(2)]
+    losses = [group.grpo_step(grpo_samples)["loss"] for _ in range(2)]
     _, want, _ = _weights(group)
     initial = load_policy(model_dirs[0])[0].state_dict()
     two = LearnerGroup(_cfg(learner_cfg), num_ranks=2)
@@ -81,7 +81,7 @@ def test_two_ranks_under_zero2_and_zero3_update_like_one_rank(ray_cluster, group
             cfg = _cfg(learner_cfg, zero_stage=stage, grad_accum_steps=1)
             two.build("grpo", model_dirs[0], cfg=cfg,
                       ds_overrides={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
-            got_losses = [two.grpo_step(grpo_turns)["loss"] for _ in range(2)]
+            got_losses = [two.grpo_step(grpo_samples)["loss"] for _ in range(2)]
             _, got, _ = _weights(two)
             assert got_losses == pytest.approx(losses, rel=1e-5), stage
             assert got.keys() == want.keys()
@@ -96,10 +96,10 @@ def test_two_ranks_under_zero2_and_zero3_update_like_one_rank(ray_cluster, group
         two.shutdown()
 
 
-def test_checkpoint_resume_gives_the_same_next_step(group, model_dirs, grpo_turns, tmp_path):
+def test_checkpoint_resume_gives_the_same_next_step(group, model_dirs, grpo_samples, tmp_path):
     from learner.checkpoint import CheckpointError
 
-    first, second = grpo_turns[:2] + grpo_turns[2:], grpo_turns[2:] + grpo_turns[:2]
+    first, second = grpo_samples[:2] + grpo_samples[2:], grpo_samples[2:] + grpo_samples[:2]
     group.build("grpo", model_dirs[0])
     group.grpo_step(first)
     tag = group.save(tmp_path / "ckpt", {"step": 1, "data_position": 4})
@@ -145,14 +145,14 @@ def test_exported_checkpoint_loads_in_transformers_with_the_learners_weights(
 
 
 def test_weight_sync_makes_vllm_greedy_equal_the_learner(group, learner_cfg, model_dirs,
-                                                         processor, grpo_turns):
+                                                         processor, grpo_turns, grpo_samples):
     """After a GRPO step and a sync, the PolicyWorker's greedy turn (video input) equals the
     learner model's greedy turn in transformers, and differs from the initial model's."""
     import ray
 
     from actors.policy_worker import PolicyWorker
     from corpus.video import decode_video
-    from rollout.prompts import hf_turn_inputs
+    from models.prompts import hf_turn_inputs
 
     cfg = _cfg(learner_cfg, lr=1e-2)
     cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(
@@ -163,7 +163,7 @@ def test_weight_sync_makes_vllm_greedy_equal_the_learner(group, learner_cfg, mod
     try:
         ray.get(worker.ready.remote())
         group.build("grpo", model_dirs[0], cfg=cfg)
-        group.grpo_step(grpo_turns)
+        group.grpo_step(grpo_samples)
         w = group.export_weights()
         ray.get(worker.load_weights.remote(w.version, w.model_ref, w.heads_ref))
         got = ray.get(worker.generate.remote(turn.query_text, turn.video_path, None, True))

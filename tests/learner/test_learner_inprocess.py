@@ -13,7 +13,7 @@ from learner.learner import Learner
 
 
 def test_gradient_checkpointing_changes_memory_not_the_update(process_group, learner_cfg,
-                                                              model_dirs, grpo_turns):
+                                                              model_dirs, grpo_samples):
     results = []
     for recompute in (False, True):
         cfg = dataclasses.replace(learner_cfg, learner=dataclasses.replace(
@@ -26,9 +26,9 @@ def test_gradient_checkpointing_changes_memory_not_the_update(process_group, lea
             calls = []
             layer = learner.engine.module.policy.model.language_model.layers[0]
             hook = layer.register_forward_pre_hook(lambda *_, seen=calls: seen.append(1))
-            metrics = learner.grpo_step(grpo_turns)
+            metrics = learner.grpo_step(grpo_samples)
             hook.remove()
-            micro_batches = len(grpo_turns) // cfg.learner.micro_batch_size
+            micro_batches = len(grpo_samples) // cfg.learner.micro_batch_size
             assert len(calls) == micro_batches * 2 * (2 if recompute else 1)
             results.append((metrics, learner.export_weights()[1]))
         finally:
@@ -67,6 +67,8 @@ def test_the_latent_policy_trains_the_heads_and_leaves_the_token_loss(process_gr
                                                                      model_dirs, grpo_turns):
     """sigma > 0: the refined turns' soft-token actions add the latent PPO term, the heads
     train; the token loss is the same as without it (the slots follow the response)."""
+    from rollout.group import samples_of
+
     results = []
     for sigma in (0.0, 0.05):
         cfg = dataclasses.replace(learner_cfg, sqr=dataclasses.replace(learner_cfg.sqr,
@@ -80,7 +82,7 @@ def test_the_latent_policy_trains_the_heads_and_leaves_the_token_loss(process_gr
                                          soft_tokens=rng.normal(size=shape).tolist())
                      if t.sample == 0 else t for t in grpo_turns]  # sample 0 refined
             before = {k: v.clone() for k, v in heads.state_dict().items()}
-            metrics = learner.grpo_step(turns)
+            metrics = learner.grpo_step(samples_of(turns, False))
             moved = any(not torch.equal(before[k], v) for k, v in heads.state_dict().items())
             results.append((metrics, moved))
         finally:

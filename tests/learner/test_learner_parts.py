@@ -14,11 +14,12 @@ from config.schema import LearnerConfig
 from learner.batch import VideoInputs, collate
 from learner.checkpoint import CheckpointError, resolve
 from learner.engine import ds_config
-from learner.grpo import GRPOLoss, grpo_rows, turn_advantages
+from learner.grpo import GRPOLoss, grpo_rows
 from learner.schedule import plan
 from learner.sft_data import build_sft_examples
-from rollout.parsing import parse_response
-from rollout.prompts import mm_token_type_ids
+from models.parsing import parse_response
+from models.prompts import mm_token_type_ids
+from rollout.group import Group, groups_of, samples_of
 
 
 @pytest.mark.parametrize("by_length,grouped", [(False, False), (True, False), (True, True)])
@@ -86,7 +87,7 @@ def test_ds_config_follows_the_learner_config():
 
 
 def test_collate_pads_right_and_aligns_labels_and_sampler_logprobs(cfg, processor, grpo_turns):
-    rows = grpo_rows(grpo_turns, VideoInputs(processor, cfg.video), std_normalize=True)
+    rows = grpo_rows(samples_of(grpo_turns, True), VideoInputs(processor, cfg.video))
     batch = collate(rows, processor, merge=2, device="cpu")
     ids, inputs = batch.inputs["input_ids"], batch.inputs
     for i, t in enumerate(grpo_turns):
@@ -109,12 +110,12 @@ def test_rows_refuse_mismatched_video(cfg, processor, grpo_turns):
     videos = VideoInputs(processor, cfg.video)
     short = dataclasses.replace(grpo_turns[0], frame_times=grpo_turns[0].frame_times[:-1])
     with pytest.raises(ValueError, match="frame times"):
-        grpo_rows([short], videos, True)
+        grpo_rows(samples_of([short], True), videos)
     video_pad = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
     ids = list(grpo_turns[0].prompt_ids)
     ids.remove(video_pad)
     with pytest.raises(ValueError, match="video tokens"):
-        collate(grpo_rows([dataclasses.replace(grpo_turns[0], prompt_ids=ids)], videos, True),
+        collate(grpo_rows(samples_of([dataclasses.replace(grpo_turns[0], prompt_ids=ids)], True), videos),
                 processor, 2, "cpu")
 
 
@@ -122,9 +123,19 @@ def test_every_turn_gets_its_episodes_group_advantage(grpo_turns):
     first = dataclasses.replace(grpo_turns[1], episode_reward=2.0, is_final=False)
     second = dataclasses.replace(grpo_turns[1], turn=2, episode_reward=2.0)
     turns = [grpo_turns[0], first, *grpo_turns[2:], second]
-    adv = turn_advantages(turns, std_normalize=False)
-    assert adv == pytest.approx([-1.0, 1.0, -0.5, 0.5, 1.0])
-    assert turn_advantages(grpo_turns, std_normalize=True) == pytest.approx([-1, 1, -1, 1], abs=1e-5)
+    groups = groups_of(turns, std_normalize=False)
+    assert [[len(e) for e in g.episodes] for g in groups] == [[1, 2], [1, 1]]
+    assert [s.advantage for s in samples_of(turns, False)] == pytest.approx([-1, 1, 1, -0.5, 0.5])
+    assert [s.advantage for s in samples_of(grpo_turns, True)] == pytest.approx([-1, 1, -1, 1],
+                                                                                abs=1e-5)
+    assert [g.informative for g in groups] == [True, True]
+    assert not Group.of([[grpo_turns[0]], [grpo_turns[0]]], True).informative
+
+
+def test_a_sample_refuses_logprobs_that_do_not_match_its_response(grpo_turns):
+    bad = dataclasses.replace(grpo_turns[0], sampling_logprobs=grpo_turns[0].sampling_logprobs[1:])
+    with pytest.raises(ValueError, match="log-probs"):
+        samples_of([bad], True)
 
 
 def test_every_turn_of_an_episode_counts_in_full(grpo_turns, processor, cfg):
@@ -132,14 +143,14 @@ def test_every_turn_of_an_episode_counts_in_full(grpo_turns, processor, cfg):
     first = dataclasses.replace(grpo_turns[1], is_final=False)
     second = dataclasses.replace(grpo_turns[1], turn=2)
     turns = [grpo_turns[0], first, second, *grpo_turns[2:]]
-    rows = grpo_rows(turns, VideoInputs(processor, cfg.video), std_normalize=False)
+    rows = grpo_rows(samples_of(turns, False), VideoInputs(processor, cfg.video))
     assert [r.weight for r in rows] == [1.0] * 5
     assert rows[1].advantage == rows[2].advantage != 0
 
 
 def test_grpo_logprobs_are_those_of_the_tempered_sampling_distribution(cfg, processor, grpo_turns):
     """vLLM reports log-probs after temperature; the learner's must be of the same distribution."""
-    batch = collate(grpo_rows(grpo_turns, VideoInputs(processor, cfg.video), std_normalize=False),
+    batch = collate(grpo_rows(samples_of(grpo_turns, False), VideoInputs(processor, cfg.video)),
                     processor, merge=2, device="cpu")
     b, t = batch.labels.shape
     logits = torch.randn(b, t + 1, 11)

@@ -17,8 +17,8 @@ from tests.learner.logprobs import response_logprobs
 
 
 @pytest.fixture(scope="module")
-def rows(cfg, processor, grpo_turns):
-    return grpo_rows(grpo_turns, VideoInputs(processor, cfg.video), std_normalize=False)
+def rows(cfg, processor, grpo_samples):
+    return grpo_rows(grpo_samples, VideoInputs(processor, cfg.video))
 
 
 def test_rows_with_one_prompt_and_video_share_one_prefix(rows, grpo_turns, processor):

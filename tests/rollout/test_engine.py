@@ -57,7 +57,7 @@ def _greedy(engine, max_tokens=12):
 
 
 def _hf_generate(model, processor, ids, extra, max_new_tokens=12):
-    from rollout.prompts import mm_token_type_ids
+    from models.prompts import mm_token_type_ids
 
     with torch.no_grad():
         out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -98,7 +98,7 @@ def test_learner_logprobs_match_the_sampler_under_top_p(engine, hf_policy):
     with the same top_p reads the same numbers back (without it, the gap is the nucleus mass)."""
     from config.schema import SamplingConfig
     from learner.losses import token_logprobs
-    from rollout.prompts import mm_token_type_ids
+    from models.prompts import mm_token_type_ids
 
     eng, processor = engine
     ids = processor.tokenizer("<|im_start|>user\na red circle moves left<|im_end|>\n<|im_start|>assistant\n").input_ids
@@ -130,7 +130,7 @@ def test_image_greedy_matches_transformers(engine, hf_policy, video):
 def test_video_matches_transformers_to_logprob_level(engine, hf_policy, video):
     """Greedy tokens alone could hide mis-scaled pixels on a random tiny model, so the
     first step's log-probs are compared too (docs/design.md §4's open problem)."""
-    from rollout.prompts import hf_video_inputs, prompt_ids, vllm_video_data
+    from models.prompts import hf_video_inputs, prompt_ids, vllm_video_data
 
     eng, processor = engine
     ids = prompt_ids(processor, "a red circle moves left on a navy background")
@@ -150,7 +150,7 @@ def test_video_matches_transformers_to_logprob_level(engine, hf_policy, video):
 def test_soft_tokens_match_transformers_under_concurrency(engine, hf_policy, video):
     """10 concurrent requests of different lengths: the slot states captured inside
     vLLM equal transformers' final hidden states at the slots (max abs diff <= 1e-4)."""
-    from rollout.prompts import hf_video_inputs, mm_token_type_ids, prompt_ids, vllm_video_data
+    from models.prompts import hf_video_inputs, mm_token_type_ids, prompt_ids, vllm_video_data
 
     eng, processor = engine
     model, heads = hf_policy
@@ -182,7 +182,7 @@ def test_identical_sequences_still_get_their_soft_tokens(engine, video):
     """Two samples that wrote the same response: the second slot request is prefix-cached
     up to its last token, so its slots are not recomputed. Its states must still come back
     (under a cache salt), equal to the first's."""
-    from rollout.prompts import prompt_ids, vllm_video_data
+    from models.prompts import prompt_ids, vllm_video_data
 
     eng, processor = engine
     data = vllm_video_data(video)
@@ -249,8 +249,9 @@ def test_the_learner_recomputes_the_rollouts_latent_mean(engine, model_dirs, syn
     from learner.grpo import grpo_rows
     from learner.module import PolicyWithHeads
     from models.loading import load_policy
+    from models.prompts import prompt_ids, vllm_video_data
     from models.sqr_heads import sample_latent
-    from rollout.prompts import prompt_ids, vllm_video_data
+    from rollout.group import samples_of
     from rollout.trajectory import Turn
 
     eng, processor = engine
@@ -273,7 +274,7 @@ def test_the_learner_recomputes_the_rollouts_latent_mean(engine, model_dirs, syn
             sampling_logprobs=out.logprobs, response_text=out.text,
             soft_tokens=action.tolist(), latent_mean=mean.tolist(), latent_logprob=0.0))
     videos = VideoInputs(processor, VideoConfig(fps=1.0, max_frames=8, max_pixels=4096, min_pixels=1024))
-    rows = grpo_rows(turns, videos, False, (eng.slot_token_id, 8))
+    rows = grpo_rows(samples_of(turns, False), videos, (eng.slot_token_id, 8))
     batch = collate(rows, processor, module.policy.config.vision_config.spatial_merge_size, "cpu")
     with torch.no_grad():
         _, _, learner_means = module(**batch.inputs)

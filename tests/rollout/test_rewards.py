@@ -3,7 +3,7 @@ import math
 import pytest
 
 from config.schema import RewardConfig
-from rollout.parsing import format_response, parse_response
+from models.parsing import format_response, parse_response
 from rollout.rewards import (
     RewardParts,
     episode_total,

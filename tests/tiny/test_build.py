@@ -13,9 +13,9 @@ from config.schema import (
 from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
 from learner.sft_data import reasoning
 from models.loading import ModelNotFoundError, load_embedder, load_policy, load_processor
+from models.prompts import CAPTION_PROMPT, INSTRUCTION
 from models.sqr_heads import SQRHeads, SQRHeadsConfig
 from models.tokens import QWEN_SPECIAL_TOKENS, REFINE_TOKEN, SQR_SLOT_TOKEN
-from rollout.prompts import CAPTION_PROMPT, INSTRUCTION
 from tiny.build import MANIFEST, build_tiny_models
 
 

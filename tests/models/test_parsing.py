@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from rollout.parsing import ParsedResponse, format_response, parse_response
+from models.parsing import ParsedResponse, format_response, parse_response
 
 GOOD_MATCHED = (
     "<think>the cat jumps</think> <answer>matched</answer> <start>3.5</start> <end>7</end> <REFINE>"
