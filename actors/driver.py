@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
 from actors import role_resources
 from actors.evaluate import evaluate
+from actors.grpo_stage import Stop, stage_grpo
 from actors.job_checks import check_outputs_outlive_the_job, cpu_shortfall
 from actors.job_state import JobState
 from actors.learner import LearnerGroup
 from actors.policy_worker import PolicyWorker
 from actors.retrieval import RouterClient, start_retrieval
-from actors.rollout_pool import Weights, WorkerPool
+from actors.rollout_pool import Weights, WorkerPool, sync_weights
 from actors.train_metrics import TrainMetrics
 from config.schema import Config
 from corpus.tables import CorpusTables, Query, load_built_corpus, load_corpus
@@ -37,9 +37,6 @@ from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
 from models.loading import model_dirs
 from retrieval_service.indexing import build_index, read_embeddings
-from rollout.group import Group, episode_reward
-from rollout.rewards import REWARD_PARTS
-from rollout.trajectory import Turn, turns_to_table
 from tiny.build import with_tiny_models
 
 STAGES = ("index", "sft", "grpo", "eval")
@@ -160,7 +157,7 @@ def stage_sft(s: Session, state: JobState) -> dict:
     after = learner.sft_eval(heldout) if heldout else None
     export = s.work / "checkpoints" / "sft_export"
     learner.export_hf(export)
-    _sync_all(s, learner.export_weights())
+    asyncio.run(sync_weights(s.pool, s.router, learner.export_weights()))
     learner.shutdown()
     state.update(stage="sft", sft_export=str(export))
     out = {"steps": len(history), "first": history[0] if history else {},
@@ -171,138 +168,6 @@ def stage_sft(s: Session, state: JobState) -> dict:
               f"{out['heldout_infonce'][1]:.3f}, change {out['heldout_infonce_change']} "
               f"({len(heldout)} val turns)", flush=True)
     return out
-
-
-def _batch(train: list[Query], position: int, size: int, seed: int) -> list[Query]:
-    """Queries position..position+size of an endless, epoch-wise shuffled stream: the
-    data position alone says where a resumed job continues."""
-    out = []
-    for p in range(position, position + size):
-        epoch, i = divmod(p, len(train))
-        order = np.random.default_rng([seed, epoch]).permutation(len(train))
-        out.append(train[order[i]])
-    return out
-
-
-@dataclass
-class Draw:
-    """One GRPO step's rollouts: the groups the learner trains on, every episode generated
-    (for the step's reward means), and how far the query stream advanced."""
-    kept: list[Group]
-    episodes: list[list[Turn]]
-    queries_drawn: int
-
-    @property
-    def dropped_fraction(self) -> float:
-        return 1.0 - len(self.kept) / self.queries_drawn
-
-
-async def draw_groups(s: Session, train: list[Query], position: int, step: int) -> Draw:
-    """queries_per_step groups from the query stream at `position`; with dynamic sampling,
-    groups without a reward difference are dropped and replaced by the next queries, at most
-    max_query_draws rounds of queries_per_step."""
-    cfg = s.cfg.train
-    G, P = s.cfg.rollout.group_size, cfg.queries_per_step
-    if cfg.max_query_draws < 1:
-        raise ValueError(f"train.max_query_draws must be >= 1, got {cfg.max_query_draws}")
-    kept, episodes, drawn = [], [], 0
-    for round_ in range(cfg.max_query_draws if cfg.dynamic_sampling else 1):
-        need = P - len(kept)
-        queries = _batch(train, position + drawn, need, cfg.seed)
-        groups = await s.pool.groups(queries, G, seed=cfg.seed * 7919 + step + 104_729 * round_)
-        drawn += need
-        episodes += [turns for group in groups for turns in group.episodes]
-        kept += [g for g in groups if g.informative or not cfg.dynamic_sampling]
-        if len(kept) == P:
-            break
-    return Draw(kept, episodes, drawn)
-
-
-def save_rollouts(folder: Path, step: int, turns, every: int) -> Path | None:
-    """Every turn of every `every`-th GRPO step as Parquet (rollout.trajectory schema): what
-    the learner trained on, for looking into a run afterwards."""
-    if every <= 0 or step % every:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"grpo_{step:06d}.parquet"
-    pq.write_table(turns_to_table(turns), path)
-    return path
-
-
-def _reward_means(episodes) -> dict[str, float]:
-    parts = {name: [] for name in (*REWARD_PARTS, "total")}
-    for turns in episodes:
-        for name in REWARD_PARTS:  # found is the final turn's (an accept ends the episode)
-            values = [getattr(t, f"reward_{name}") for t in turns]
-            parts[name].append(values[-1] if name == "found" else np.mean(values))
-        parts["total"].append(episode_reward(turns))
-    return {k: float(np.mean(v)) for k, v in parts.items()}
-
-
-class _Stop:
-    """SIGTERM (ray job stop, preemption) asks the loop to checkpoint and leave."""
-
-    requested = False
-
-    @classmethod
-    def install(cls) -> None:
-        import signal
-
-        signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
-
-
-def stage_grpo(s: Session, state: JobState, resume: bool) -> dict:
-    cfg = s.cfg
-    train = _queries_of(s, "grpo")
-    start_dir = state.get("sft_export") or str(s.policy_dir)
-    learner = LearnerGroup(cfg)
-    learner.build("grpo", start_dir, cfg=learner.with_learner(lr=cfg.learner.grpo_lr or cfg.learner.lr))
-    step, driver_state = 0, {}
-    ckpt = state.get("grpo_checkpoint")
-    if resume and ckpt:
-        driver_state = learner.load(ckpt)
-        step = int(driver_state["step"])
-        print(f"resumed GRPO from {ckpt} at step {step}")
-    _sync_all(s, learner.export_weights())
-    position = int(driver_state.get("data_position", step * cfg.train.queries_per_step)) \
-        if resume and ckpt else 0
-    ckpt_dir = s.work / "checkpoints" / "grpo"
-    bar = tqdm(total=cfg.train.grpo_steps, initial=step, desc="grpo", unit="step")
-    while step < cfg.train.grpo_steps and not _Stop.requested:
-        started = time.perf_counter()
-        draw = asyncio.run(draw_groups(s, train, position, step))
-        position += draw.queries_drawn
-        rollout_s = time.perf_counter() - started
-        turns = [t for group in draw.kept for t in group.turns]
-        save_rollouts(s.work / "rollouts", step, turns, cfg.train.save_rollouts_every)
-        rewards = _reward_means(draw.episodes)
-        # no group with a reward difference in any draw: nothing to learn, the weights stay
-        samples = [x for group in draw.kept for x in group.samples()]
-        metrics = learner.grpo_step(samples) if samples else {}
-        sync_started = time.perf_counter()
-        if samples:
-            _sync_all(s, learner.export_weights())
-        metrics |= {f"reward_{k}": v for k, v in rewards.items()}
-        metrics |= {"rollout_seconds": rollout_s, "sync_seconds": time.perf_counter() - sync_started,
-                    "turns_per_episode": float(np.mean([len(e) for e in draw.episodes])),
-                    "groups_dropped_fraction": draw.dropped_fraction,
-                    "queries_drawn": draw.queries_drawn}
-        s.metrics.rewards(rewards, step)
-        s.metrics.learner_step(metrics, stage="grpo", step=step)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(reward=f"{rewards['total']:.3f}")
-        if step % cfg.learner.checkpoint_every == 0 or step == cfg.train.grpo_steps or _Stop.requested:
-            path = learner.save(ckpt_dir, {"step": step, "data_position": position})
-            state.update(grpo_checkpoint=path, grpo_step=step)
-    bar.close()
-    export = s.work / "checkpoints" / "grpo_export"
-    learner.export_hf(export)
-    learner.shutdown()
-    history = [h for h in s.metrics.history if h["stage"] == "grpo"]
-    return {"steps": step, "export": str(export), "stopped": _Stop.requested,
-            "first_reward": history[0]["reward_total"] if history else None,
-            "last_reward": history[-1]["reward_total"] if history else None}
 
 
 def prepare(cfg: Config) -> Session:
@@ -344,7 +209,7 @@ def run(cfg: Config, stages: str = "all", resume: bool = False) -> dict:
     unknown = set(wanted) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES} or 'all'")
-    _Stop.install()
+    Stop.install()
     print(f"workdir: {cfg.paths.workdir}", flush=True)
     started = time.perf_counter()
     s = open_session(cfg, with_workers=wanted != ("index",))
@@ -372,10 +237,10 @@ def _run_stages(s: Session, wanted: tuple[str, ...], resume: bool, started: floa
         latest = state.get("sft_export") if "grpo" in wanted else (
             state.get("grpo_export") or state.get("sft_export"))
         if latest and s.pool:
-            _sync_all(s, _weights_from_export(Path(latest)))
+            asyncio.run(sync_weights(s.pool, s.router, _weights_from_export(Path(latest))))
         s.results["start_weights"] = latest or str(s.policy_dir)
     if "grpo" in wanted:
-        s.results["grpo"] = stage_grpo(s, state, resume)
+        s.results["grpo"] = stage_grpo(s, _queries_of(s, "grpo"), state, resume)
         state.mark_done("grpo", s.results["grpo"])
         state.update(grpo_export=s.results["grpo"]["export"])
         if do_eval:
@@ -386,14 +251,6 @@ def _run_stages(s: Session, wanted: tuple[str, ...], resume: bool, started: floa
     trained = "sft" in wanted or "grpo" in wanted
     out = s.work / ("results" if trained else "results-" + "-".join(wanted))
     return _report(s, evals, out, time.perf_counter() - started)
-
-
-def _sync_all(s: Session, weights: Weights) -> None:
-    """Workers take the model and heads; the query encoder takes the heads (its append
-    projector turns soft tokens into embedder inputs)."""
-    asyncio.run(s.pool.sync(weights))
-    if weights.heads_ref is not None:
-        ray.get(s.router.load_heads.remote(weights.heads_ref))
 
 
 def _weights_from_export(export: Path) -> Weights:

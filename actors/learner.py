@@ -164,8 +164,8 @@ class LearnerGroup:
         """The group's config with LearnerConfig fields replaced (for `build(cfg=...)`)."""
         return replace(self.cfg, learner=replace(self.cfg.learner, **learner_overrides))
 
-    def grpo_step(self, samples: list) -> dict[str, float]:
-        return self._call("grpo_step", samples)
+    def grpo_step(self, samples: list, policy_version: int | None = None) -> dict[str, float]:
+        return self._call("grpo_step", samples, policy_version)
 
     def sft_step(self, examples: list) -> dict[str, float]:
         return self._call("sft_step", examples)

@@ -96,3 +96,11 @@ class WorkerPool:
                 for qi, q in enumerate(queries)]
         return await tqdm_asyncio.gather(*jobs, desc=progress, unit="group",
                                          disable=progress is None)
+
+
+async def sync_weights(pool: WorkerPool, router, weights: Weights) -> None:
+    """Workers take the model and heads; the query encoder (`router`) takes the heads (its
+    append projector turns soft tokens into embedder inputs)."""
+    await pool.sync(weights)
+    if weights.heads_ref is not None:
+        await router.load_heads.remote(weights.heads_ref)

@@ -51,6 +51,7 @@ SIZES = [
 ]
 COUNTS = [  # 0 is meaningful: no steps, keep all, none saved
     "train.sft_steps", "train.grpo_steps", "train.save_rollouts_every", "learner.keep_checkpoints",
+    "train.max_staleness",
     "model.tiny_pretrain.embedder.steps", "model.tiny_pretrain.policy.steps",
 ]
 RULES: dict[str, tuple[Callable, str]] = {
@@ -81,6 +82,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "learner.clip_eps": at_least(0),
     "learner.clip_eps_high": at_least(0),
     "learner.kl_beta": at_least(0),
+    "learner.behaviour_weight_cap": at_least(1),
     "learner.infonce_tau": above(0),
     "learner.infonce_lambda": at_least(0),
     "retrieval.serve_port": within(1, 65535),

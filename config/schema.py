@@ -231,6 +231,9 @@ class LearnerConfig:
     checkpoint_every: int = 10
     keep_checkpoints: int = 3  # the newest N GRPO checkpoints stay on disk; 0 keeps all
     logprob_mismatch_warn: float = 0.05
+    # Decoupled PPO (train.max_staleness >= 1): a token sampled by an older policy is weighted
+    # by pi_old / pi_behaviour, capped here so one unlikely token cannot dominate the step.
+    behaviour_weight_cap: float = 2.0
 
 
 @dataclass
@@ -248,6 +251,10 @@ class TrainConfig:
     # queries_per_step groups, at most max_query_draws x queries_per_step queries a step.
     dynamic_sampling: bool = True
     max_query_draws: int = 3
+    # Asynchronous GRPO: with k >= 1 the next step's rollouts generate while the learner
+    # trains, and a trajectory sampled more than k weight versions ago is dropped; 0 keeps
+    # every step on-policy (generate, train, sync, in turn).
+    max_staleness: int = 0
     # Keep every Nth GRPO step's turns as Parquet under <workdir>/rollouts (0: none); on a
     # long GPU run each step's file is megabytes, so raise N there.
     save_rollouts_every: int = 1

@@ -36,6 +36,7 @@ class Row:
     nce_weight: float = 0.0
     latent_action: np.ndarray | None = None  # [N, D] the soft tokens searched (latent policy)
     latent_weight: float = 0.0  # 1 where the turn refined with a sampled action
+    stale: bool = False  # sampled by an older policy than the one trained (decoupled PPO)
 
     def filler(self) -> Row:
         return dataclasses.replace(self, advantage=0.0, weight=0.0, nce_weight=0.0,
@@ -66,6 +67,10 @@ class Batch:
         actions = np.stack([np.zeros(shape, np.float32) if r.latent_action is None
                             else np.asarray(r.latent_action, np.float32) for r in self.rows])
         return torch.from_numpy(actions).to(device)
+
+    def stale(self, device) -> torch.Tensor:
+        """[B] bool: rows sampled by an older policy than the learner's."""
+        return torch.tensor([r.stale for r in self.rows], device=device)
 
     def latent_weights(self, device) -> torch.Tensor:
         """[B] 1 for rows whose turn refined with a sampled action (times the row weight)."""

@@ -79,14 +79,16 @@ class Learner:
         return int(self.engine.global_steps)
 
     # ---- steps ------------------------------------------------------------------------
-    def grpo_step(self, samples: list[Sample]) -> dict[str, float]:
+    def grpo_step(self, samples: list[Sample], policy_version: int | None = None
+                  ) -> dict[str, float]:
         """One pass over the samples (one optimizer update per mini-batch); every rank gets the
-        same samples and takes its own share."""
+        same samples and takes its own share. `policy_version`: the weight version the learner
+        holds, in the samples' numbering; older samples get the decoupled-PPO correction."""
         self._require("grpo")
         started = time.perf_counter()
         lcfg, sqr = self.cfg.learner, self.cfg.sqr
         slots = (self.slot_id, sqr.num_tokens) if sqr.latent_sigma > 0 else None
-        rows = grpo_rows(samples, self.videos, slots)
+        rows = grpo_rows(samples, self.videos, slots, policy_version)
         sampling = self.cfg.rollout.sampling
         loss = GRPOLoss(lcfg, self.ref, sampling.temperature, sampling.top_p, sqr)
         self._old_logprobs(rows, loss)

@@ -69,8 +69,13 @@ def policy_loss(
     kl_beta: float = 0.0,
     kl_estimator: KLEstimator | str = KLEstimator.k3,
     aggregation: LossAggregation | str = LossAggregation.token_mean,
+    behaviour_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Token-level PPO-clip surrogate with an optional KL-to-reference penalty.
+
+    `behaviour_weights` [B, T] (decoupled PPO, for tokens sampled by an older policy than
+    `old_logprobs`'): each token's surrogate is weighted by pi_old / pi_behaviour, capped by the
+    caller; the clip stays around the learner's own pre-update policy.
 
     The ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high defaults to
     clip_eps); a higher upper bound (DAPO's clip-higher) lets low-probability tokens with positive
@@ -85,6 +90,8 @@ def policy_loss(
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - clip_eps, 1 + eps_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
+    if behaviour_weights is not None:
+        per_token = per_token * behaviour_weights.detach().to(per_token.dtype)
     kl = None
     if ref_logprobs is not None:
         kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
@@ -103,6 +110,16 @@ def policy_loss(
             "ratio": _masked_mean(ratio, mask).item(),
         }
     return loss, stats
+
+
+@torch.no_grad()
+def behaviour_weights(old_logprobs: Tensor, sampled_logprobs: Tensor, stale: Tensor,
+                      cap: float) -> Tensor:
+    """[B, T] min(pi_old / pi_behaviour, cap) on the rows sampled by an older policy (`stale`,
+    [B] bool), 1 elsewhere: a row sampled by the weights being trained needs no correction
+    (its behaviour policy is the old policy, up to engine numerics)."""
+    weights = torch.exp(old_logprobs - sampled_logprobs).clamp(max=cap)
+    return torch.where(stale.unsqueeze(-1), weights, torch.ones_like(weights))
 
 
 @torch.no_grad()

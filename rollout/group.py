@@ -67,3 +67,17 @@ def groups_of(turns: list[Turn], std_normalize: bool) -> list[Group]:
 
 def samples_of(turns: list[Turn], std_normalize: bool) -> list[Sample]:
     return [s for g in groups_of(turns, std_normalize) for s in g.samples()]
+
+
+def within_staleness(groups: list[Group], version: int, k: int) -> tuple[list[Group], int]:
+    """The groups without the episodes any of whose turns was sampled more than k weight
+    versions before `version` (a group left empty goes), and how many episodes went. The
+    advantages stay as the whole group computed them."""
+    kept, dropped = [], 0
+    for g in groups:
+        fresh = [i for i, e in enumerate(g.episodes)
+                 if version - min(t.weight_version for t in e) <= k]
+        dropped += len(g.episodes) - len(fresh)
+        if fresh:
+            kept.append(Group([g.episodes[i] for i in fresh], [g.advantages[i] for i in fresh]))
+    return kept, dropped

@@ -2,7 +2,7 @@
 
 import pyarrow.parquet as pq
 
-from actors.driver import save_rollouts
+from actors.grpo_stage import save_rollouts
 from rollout.trajectory import Turn, table_to_turns
 
 

@@ -168,6 +168,39 @@ def test_grpo_logprobs_are_those_of_the_tempered_sampling_distribution(cfg, proc
         GRPOLoss(LearnerConfig(), None, temperature=0.0)
 
 
+def test_samples_of_an_older_policy_get_the_decoupled_correction(cfg, processor, grpo_turns):
+    """Rows sampled before `policy_version` are stale: their tokens are weighted by
+    min(pi_old / pi_behaviour, cap); with every sample current the loss is the plain one."""
+    from learner.stats import Stats
+
+    samples = samples_of(grpo_turns, False)
+    samples[0].weight_version = 1  # the others were sampled by version 2
+    for s in samples[1:]:
+        s.weight_version = 2
+    videos = VideoInputs(processor, cfg.video)
+    assert [r.stale for r in grpo_rows(samples, videos, None, policy_version=2)] == \
+        [True, False, False, False]
+    assert not any(r.stale for r in grpo_rows(samples, videos, None, policy_version=None))
+    b = collate(grpo_rows(samples, videos), processor, merge=2, device="cpu")
+    logits = torch.randn(*b.labels.shape[:1], b.labels.shape[1] + 1, 11)
+    labels = b.labels.clamp(min=0) % 11
+
+    def loss_of(version):
+        batch = collate(grpo_rows(samples, videos, None, version), processor, 2, "cpu")
+        batch = dataclasses.replace(batch, labels=labels, sampled=batch.sampled - 0.5 * batch.mask)
+        stats = Stats()
+        loss = GRPOLoss(LearnerConfig(kl_beta=0.0, behaviour_weight_cap=1.5), None)(
+            lambda **_: (logits, None, None), batch, (0, 0), (float(batch.mask.sum()), 0.0), stats)
+        return loss, stats.sums
+
+    plain, plain_stats = loss_of(None)
+    fresh, _ = loss_of(1)  # no sample is older than version 1
+    stale, stale_stats = loss_of(2)
+    assert torch.equal(plain, fresh) and not torch.equal(plain, stale)
+    assert plain_stats["stale_tokens"] == 0
+    assert stale_stats["stale_tokens"] == len(samples[0].response_ids)
+
+
 def test_a_large_logprob_mismatch_is_a_warning(caplog):
     from learner.grpo import warn_mismatch
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from config.schema import KLEstimator, LossAggregation
 from learner.losses import (
+    behaviour_weights,
     group_advantages,
     info_nce,
     info_nce_from_scores,
@@ -309,3 +310,24 @@ def test_the_latent_objective_clips_the_density_ratio():
     # a log-ratio past the bound stays finite
     far = latent_policy_loss(torch.tensor([500.0, -500.0]), torch.zeros(2), torch.tensor([-1.0, 1.0]), 0.2)
     assert torch.isfinite(far[0]).all()
+
+
+def test_behaviour_weights_correct_only_stale_rows_and_are_capped():
+    """Decoupled PPO: pi_old / pi_behaviour on rows an older policy sampled, at most the cap."""
+    old = torch.log(torch.tensor([[0.5, 0.2], [0.5, 0.2]]))
+    sampled = torch.log(torch.tensor([[0.25, 0.4], [0.1, 0.4]]))
+    w = behaviour_weights(old, sampled, torch.tensor([True, False]), cap=1.5)
+    assert close(w, [[1.5, 0.5], [1.0, 1.0]])
+
+
+def test_behaviour_weights_scale_each_tokens_surrogate():
+    lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    old, adv, mask = torch.tensor([[-1.0, -2.0]]), torch.tensor([1.0]), torch.ones(1, 2)
+    weights = torch.tensor([[2.0, 0.5]])
+    loss, _ = policy_loss(lp, old, adv, mask, 0.2, behaviour_weights=weights)
+    assert close(loss, -(2.0 + 0.5) / 2)  # ratio 1: each token's -A times its weight
+    loss.backward()
+    assert close(lp.grad, [[-1.0, -0.25]])
+    plain, _ = policy_loss(lp.detach(), old, adv, mask, 0.2)
+    same, _ = policy_loss(lp.detach(), old, adv, mask, 0.2, behaviour_weights=torch.ones(1, 2))
+    assert torch.equal(plain, same)
