@@ -160,7 +160,8 @@ async def _grpo_steps(s: Session, learner: LearnerGroup, train: list[Query], sta
             metrics = await asyncio.to_thread(learner.grpo_step, samples, version) if samples else {}
             sync_started = time.perf_counter()
             if samples:
-                await sync_weights(s.pool, s.router, await asyncio.to_thread(learner.export_weights))
+                await sync_weights(s.pool, s.router,
+                                   await asyncio.to_thread(learner.export_weights, True))
             metrics |= {f"reward_{name}": v for name, v in rewards.items()}
             metrics |= {"rollout_seconds": rollout_s,
                         "sync_seconds": time.perf_counter() - sync_started,

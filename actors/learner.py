@@ -59,8 +59,8 @@ class LearnerRank:
         return getattr(self.learner, method)(*args)
 
     @ray.method(num_returns=3)
-    def export_weights(self):
-        return self.learner.export_weights()
+    def export_weights(self, changed_only: bool = False):
+        return self.learner.export_weights(changed_only=changed_only)
 
     def connect_workers(self, addr: str, port: int, world_size: int, workers: list, tp: int):
         from learner.nccl_sync import trainer_engine
@@ -182,12 +182,15 @@ class LearnerGroup:
     def export_hf(self, out_dir: str | Path) -> str:
         return self._call("export_hf", str(out_dir))
 
-    def export_weights(self) -> Weights:
-        """Rank 0's full tensors, left in the object store for the workers to read."""
-        refs = [r.export_weights.remote() for r in self.ranks]
+    def export_weights(self, changed_only: bool = False) -> Weights:
+        """Rank 0's tensors, left in the object store for the workers to read: all of them, or
+        with `changed_only` those this stage trains (the heads then only when they train)."""
+        refs = [r.export_weights.remote(changed_only) for r in self.ranks]
         ray.get([ref for triple in refs[1:] for ref in triple])  # the other ranks' part of a gather
         version_ref, model_ref, heads_ref = refs[0]
-        return Weights(version=ray.get(version_ref), model_ref=model_ref, heads_ref=heads_ref)
+        trains_heads = not changed_only or self.cfg.sqr.latent_sigma > 0 or self.stage == "sft"
+        return Weights(version=ray.get(version_ref), model_ref=model_ref,
+                       heads_ref=heads_ref if trains_heads else None, full=not changed_only)
 
     def connect_workers(self, workers: list, tp: int = 1) -> None:
         """GPU: one NCCL group spanning learner rank 0 and every vLLM rank of the workers."""

@@ -31,7 +31,8 @@ WORKER_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
 class Weights:
     version: int
     model_ref: ray.ObjectRef  # dict[str, Tensor] in the object store, put once
-    heads_ref: ray.ObjectRef | None = None
+    heads_ref: ray.ObjectRef | None = None  # None: the heads did not change
+    full: bool = True  # every tensor; else only those that changed since the last full one
 
 
 class WorkerPool:
@@ -39,25 +40,41 @@ class WorkerPool:
         self.workers = list(workers)
         self.cfg = cfg
         self.max_attempts = max_attempts
-        self.weights: Weights | None = None
+        self.weights: Weights | None = None  # the latest
+        self.base: Weights | None = None  # the latest full one, for a worker that restarted
         self._load = [0] * len(self.workers)
         self.retried_groups = 0
 
     async def sync(self, weights: Weights) -> list[float]:
         """Send new weights to every worker (one object-store copy, E readers). Versions are
-        the pool's own count of syncs, so SFT, GRPO and resumed runs never reuse one."""
+        the pool's own count of syncs, so SFT, GRPO and resumed runs never reuse one. A worker
+        that dies meanwhile is brought up to date when it is next given work."""
         previous = self.weights.version if self.weights else 0
+        if not weights.full and self.base is None:
+            raise ValueError("the first weights a pool sends must be full")
         self.weights = dataclasses.replace(weights, version=previous + 1)
-        return await asyncio.gather(*[self._bring_up_to_date(i) for i in range(len(self.workers))])
+        if weights.full:
+            self.base = self.weights
+        seconds = await asyncio.gather(*[self._bring_up_to_date(i) for i in range(len(self.workers))],
+                                       return_exceptions=True)
+        for s in seconds:
+            if isinstance(s, BaseException) and not isinstance(s, WORKER_ERRORS):
+                raise s
+        return [0.0 if isinstance(s, BaseException) else s for s in seconds]
 
     async def _bring_up_to_date(self, i: int) -> float:
-        w = self.weights
+        """Loads what worker i lacks: the latest full weights first if it is older than them
+        (a restarted worker holds the initial ones), then the latest changes."""
+        w, handle, seconds = self.weights, self.workers[i], 0.0
         if w is None:
             return 0.0
-        handle = self.workers[i]
-        if await handle.weight_version.remote() == w.version:
+        have = await handle.weight_version.remote()
+        if have == w.version:
             return 0.0
-        return await handle.load_weights.remote(w.version, w.model_ref, w.heads_ref)
+        base = self.base
+        if have < base.version and base is not w:
+            seconds += await handle.load_weights.remote(base.version, base.model_ref, base.heads_ref)
+        return seconds + await handle.load_weights.remote(w.version, w.model_ref, w.heads_ref)
 
     async def _wait_alive(self, i: int) -> None:
         for _ in range(120):
@@ -75,6 +92,7 @@ class WorkerPool:
             i = min(range(len(self.workers)), key=self._load.__getitem__)
             self._load[i] += 1
             try:
+                await self._bring_up_to_date(i)  # it may have restarted while idle
                 return await self.workers[i].run_group.remote(query, seeds, greedy)
             except WORKER_ERRORS as exc:
                 last_error = exc

@@ -184,10 +184,13 @@ class Learner:
         out = weights.export_hf(self.engine, self.processor, out_dir)
         return None if out is None else str(out)
 
-    def export_weights(self, policy: bool = True
+    def export_weights(self, policy: bool = True, changed_only: bool = False
                        ) -> tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(version, policy tensors by HF name, heads tensors); tensors on rank 0 only."""
-        policy_state, heads = weights.full_state(self.engine, policy)
+        """(version, policy tensors by HF name, heads tensors); tensors on rank 0 only. With
+        `changed_only`, only what this stage trains (frozen tensors equal the last full
+        export's: the vision tower, and in GRPO without the latent policy the heads)."""
+        only = weights.trainable_names(self.engine.module) if changed_only else None
+        policy_state, heads = weights.full_state(self.engine, policy, only)
         return self.version, policy_state, heads
 
     def close(self) -> None:

@@ -44,10 +44,23 @@ def gathered(engine, names: list[str] | None = None) -> Iterator[tuple[str, torc
             yield name, tensor.data
 
 
-def full_state(engine, policy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def trainable_names(module: torch.nn.Module) -> set[str]:
+    """State names that training can change: parameters that require grad, and aliases of
+    parameters (a tied lm_head) that are neither a parameter name nor a buffer; frozen
+    parameters and buffers stay as they were loaded."""
+    params = dict(module.named_parameters())
+    buffers = {n for n, _ in module.named_buffers()}
+    return {n for n in module.state_dict()
+            if (n in params and params[n].requires_grad) or (n not in params and n not in buffers)}
+
+
+def full_state(engine, policy: bool = True, only: set[str] | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(policy tensors by HF name, SQR heads tensors) on rank 0, CPU copies; ({}, {}) elsewhere.
-    Without `policy`, only the heads (the GPU path sends the policy over NCCL)."""
-    names = [n for n in engine.module.state_dict() if policy or n.startswith(HEADS_PREFIX)]
+    Without `policy`, only the heads (the GPU path sends the policy over NCCL); with `only`,
+    only those state names."""
+    names = [n for n in engine.module.state_dict() if (policy or n.startswith(HEADS_PREFIX))
+             and (only is None or n in only)]
     rank0 = _rank() == 0
     state = {name: t.detach().to("cpu", copy=True) for name, t in gathered(engine, names) if rank0}
     return split_state(state)

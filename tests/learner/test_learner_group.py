@@ -146,8 +146,9 @@ def test_exported_checkpoint_loads_in_transformers_with_the_learners_weights(
 
 def test_weight_sync_makes_vllm_greedy_equal_the_learner(group, learner_cfg, model_dirs,
                                                          processor, grpo_turns, grpo_samples):
-    """After a GRPO step and a sync, the PolicyWorker's greedy turn (video input) equals the
-    learner model's greedy turn in transformers, and differs from the initial model's."""
+    """After a GRPO step and a sync of what it changed only, the PolicyWorker's greedy turn
+    (video input) equals the learner model's greedy turn in transformers, and differs from the
+    initial model's."""
     import ray
 
     from actors.policy_worker import PolicyWorker
@@ -164,7 +165,11 @@ def test_weight_sync_makes_vllm_greedy_equal_the_learner(group, learner_cfg, mod
         ray.get(worker.ready.remote())
         group.build("grpo", model_dirs[0], cfg=cfg)
         group.grpo_step(grpo_samples)
-        w = group.export_weights()
+        w, full = group.export_weights(changed_only=True), group.export_weights()
+        sent, state = ray.get(w.model_ref), ray.get(full.model_ref)
+        assert w.heads_ref is None and not w.full  # GRPO without the latent policy: heads frozen
+        assert not any(".visual." in n for n in sent) and any(".visual." in n for n in state)
+        assert set(sent) < set(state)
         ray.get(worker.load_weights.remote(w.version, w.model_ref, w.heads_ref))
         got = ray.get(worker.generate.remote(turn.query_text, turn.video_path, None, True))
         assert got.weight_version == w.version == 1
@@ -183,7 +188,7 @@ def test_weight_sync_makes_vllm_greedy_equal_the_learner(group, learner_cfg, mod
         return out[0, inputs["input_ids"].shape[1]:].tolist()
 
     assert got.prompt_ids == inputs["input_ids"][0].tolist()
-    assert got.response_ids == greedy(_hf_model(model_dirs, ray.get(w.model_ref)))
+    assert got.response_ids == greedy(_hf_model(model_dirs, state))
     assert got.response_ids != greedy(load_policy(model_dirs[0])[0].eval()), "the update mattered"
 
 

@@ -224,7 +224,8 @@ def test_reload_weights_changes_greedy_output(engine, model_dirs):
 
 
 @pytest.mark.parametrize("logger_name", ["vllm.v1.worker.cpu_worker",
-                                         "vllm.model_executor.model_loader.reload.layerwise"])
+                                         "vllm.model_executor.model_loader.reload.layerwise",
+                                         "vllm.model_executor.model_loader.reload.inplace"])
 def test_known_vllm_noise_is_filtered_but_other_warnings_pass(engine, logger_name):
     import logging
 
