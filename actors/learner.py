@@ -22,7 +22,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors import role_resources
+from actors import pin_to_cpus, role_resources
 from actors.rollout_pool import Weights
 from config.schema import Config
 from models.loading import model_dirs
@@ -53,6 +53,7 @@ class LearnerRank:
 
         if self.learner is not None:
             self.learner.close()
+        pin_to_cpus(cfg.resources.learner_cpu_set)
         self.learner = Learner(cfg, stage, policy_dir, embedder_dir, ds_overrides)
 
     def call(self, method: str, *args):

@@ -17,6 +17,7 @@ import ray
 import torch
 from ray.util.metrics import Counter, Gauge
 
+from actors import pin_to_cpus
 from actors.retrieval import RouterClient
 from config.schema import Config
 from corpus.tables import Query
@@ -33,6 +34,7 @@ class PolicyWorker:
         shows; a worker without them only generates single turns."""
         self.name = name
         self.cfg = cfg
+        pin_to_cpus(cfg.resources.rollout_cpu_set)  # before vLLM binds its threads
         self.policy = LocalPolicy(cfg, policy_dir)
         self.retriever = RouterClient(router) if router is not None else None
         self.video_paths = video_paths or {}

@@ -3,10 +3,10 @@ completions, here with the tiny Qwen3-VL and a video prefix), and weight-sync co
 
 Step time: one GRPO step (one optimizer update, cpu_tiny's KL beta: 0, no reference forward)
 for 1 rank ZeRO-2 and 2 ranks ZeRO-3 on a local Ray cluster; the G rows of a query share its
-prompt, forwarded once (learner.shared_prefix). Weight sync: learner rank 0's tensors through
-the object store into a vLLM PolicyWorker's weight reload, end to end, against a raw copy of
-the same number of bytes between two actors in the same run (one buffer, put by one actor,
-copied out by the other).
+prompt, forwarded once (learner.shared_prefix). Weight sync: learner rank 0's tensors (all of them, and what a
+GRPO step changes) through the object store into a vLLM PolicyWorker's weight reload, end to
+end, against a raw copy of the step's bytes between two actors in the same run (one buffer,
+put by one actor, copied out by the other).
 """
 
 from __future__ import annotations
@@ -51,30 +51,36 @@ class _Bytes:
 
 
 def _sync(group, cfg, policy_dir) -> dict:
+    """Full weights (a stage's first sync) and what a GRPO step sends (what it trains), each
+    end to end into a PolicyWorker; the raw copy moves the step's bytes."""
     from actors.policy_worker import PolicyWorker
 
     worker = PolicyWorker.options(num_cpus=0.5).remote(cfg, str(policy_dir), "bench")
     ray.get(worker.ready.remote())
-    runs = []
-    for _ in range(1 + SYNC_REPS):
-        started = time.perf_counter()
-        w = group.export_weights()
-        exported = time.perf_counter()
-        reload_s = ray.get(worker.load_weights.remote(w.version, w.model_ref, w.heads_ref))
-        runs.append((time.perf_counter() - started, exported - started, reload_s))
-    nbytes = sum(t.numel() * t.element_size() for t in ray.get(w.model_ref).values())
+    timed, sizes = {}, {}
+    for kind, changed_only in (("full", False), ("step", True)):
+        runs = []
+        for _ in range(1 + SYNC_REPS):
+            started = time.perf_counter()
+            w = group.export_weights(changed_only=changed_only)
+            exported = time.perf_counter()
+            reload_s = ray.get(worker.load_weights.remote(w.version, w.model_ref, w.heads_ref))
+            runs.append((time.perf_counter() - started, exported - started, reload_s))
+        timed[kind] = [statistics.median(x) for x in zip(*runs[1:], strict=True)]
+        sizes[kind] = sum(t.numel() * t.element_size() for t in ray.get(w.model_ref).values())
     ray.kill(worker)
     a, b = _Bytes.remote(), _Bytes.remote()
     raw = []
     for _ in range(1 + SYNC_REPS):
         started = time.perf_counter()
-        ray.get(b.take.remote(a.make.remote(nbytes)))
+        ray.get(b.take.remote(a.make.remote(sizes["step"])))
         raw.append(time.perf_counter() - started)
     ray.kill(a)
     ray.kill(b)
-    total, export, reload_s = (statistics.median(x) for x in zip(*runs[1:], strict=True))
+    total, export, reload_s = timed["step"]
     raw_s = statistics.median(raw[1:])
-    return {"weight_bytes": nbytes, "sync_seconds": total, "sync_export_seconds": export,
+    return {"weight_bytes_full": sizes["full"], "sync_seconds_full": timed["full"][0],
+            "weight_bytes": sizes["step"], "sync_seconds": total, "sync_export_seconds": export,
             "sync_vllm_reload_seconds": reload_s, "raw_copy_seconds": raw_s,
             "sync_over_raw_copy": total / raw_s}
 

@@ -274,6 +274,11 @@ class ResourcesConfig:
     # Ask each actor for one unit of its role's custom resource ("rollout", "learner",
     # "retrieval") as the cluster YAMLs in cluster/ advertise them per node type.
     role_resources: bool = False
+    # CPU cores the policy workers' and the learner ranks' processes are pinned to, so that
+    # roles sharing one machine do not take each other's cores (as disjoint GPUs keep them
+    # apart on a cluster); empty: not pinned.
+    rollout_cpu_set: list[int] = field(default_factory=list)
+    learner_cpu_set: list[int] = field(default_factory=list)
 
 
 @dataclass
