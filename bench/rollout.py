@@ -3,8 +3,9 @@ video prefix, G samples each, response lengths that differ between samples.
 
 vLLM (the PolicyEngine a PolicyWorker hosts) against transformers `generate` on the
 same tiny policy, prompts and batch, counting *useful* tokens (each sample's own
-length); and the cost of soft-token capture (one slot prefill after the response)
-against plain generation of the same text.
+length); and the cost of soft-token capture (<REFINE> and the N slots written after the
+response in the same request, their hidden states captured) against plain generation of the
+same responses.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from corpus.synth import generate_corpus
 from corpus.video import decode_video
 from models.loading import load_policy, load_processor, model_dirs
 from models.prompts import hf_turn_inputs, prompt_ids, vllm_video_data
-from models.tokens import SQR_SLOT_TOKEN
+from models.tokens import REFINE_TOKEN, SQR_SLOT_TOKEN
 from rollout.engine import PolicyEngine
+from rollout.slot_forcing import trigger_at_cap
 from tiny.build import RANDOM_TINY_MODELS, with_tiny_models
 
 P, G, MIN_LEN, MAX_LEN = 4, 8, 32, 128
@@ -45,15 +47,25 @@ def _setup(work: Path):
 
 
 async def _vllm(engine: PolicyEngine, processor, videos, lengths, capture: bool) -> tuple[float, int]:
+    """Every response runs to its length; with `capture` it then writes <REFINE> and the slot
+    tail in the same request, its states captured (what a refining turn costs)."""
+    refine = processor.tokenizer.convert_tokens_to_ids(REFINE_TOKEN)
+    eos = processor.tokenizer.eos_token_id
+
     async def one(p, g):
-        params = engine.sampling_params(SamplingConfig(max_tokens=int(lengths[p, g])), [],
-                                        seed=p * G + g)
-        params.ignore_eos = True
+        sampling = SamplingConfig(max_tokens=int(lengths[p, g]))
+        if capture:
+            params = trigger_at_cap(engine.sampling_params(
+                sampling, [refine, eos], seed=p * G + g, capture_after=refine,
+                banned_token_ids=[eos, refine]))  # like ignore_eos: every response runs to its length
+        else:
+            params = engine.sampling_params(sampling, [], seed=p * G + g)
+            params.ignore_eos = True
         ids = prompt_ids(processor, f"query {p}")
         out = await engine.generate(ids, vllm_video_data(videos[p]), params)
-        if capture:
-            await engine.slot_hidden_states(ids + out.response_ids, vllm_video_data(videos[p]))
-        return len(out.response_ids)
+        if capture and out.slot_states is None:
+            raise RuntimeError("a capturing request came back without its slot states")
+        return len(out.response_ids) - capture  # the trigger is not a generated token here
 
     started = time.perf_counter()
     counts = await asyncio.gather(*[one(p, g) for p in range(P) for g in range(G)])

@@ -43,8 +43,9 @@ class SearchResult:
 
 
 class PolicyClient(Protocol):
+    """A turn in; the response, and its soft tokens when it ended in <REFINE>, out."""
+
     async def generate(self, query: str, video_path: str, seed: int | None, greedy: bool): ...
-    async def soft_tokens(self, query: str, response_ids: list[int], video_path: str) -> np.ndarray: ...
 
 
 class RetrieverClient(Protocol):
@@ -109,8 +110,8 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
         if parsed.answer != "not_matched" or t == cfg.rollout.max_turns:
             scored.append(_set_rewards(turn, parts, cfg))
             break
-        soft = await policy.soft_tokens(query.text, gen.response_ids, video_path(shown))
-        if cfg.sqr.latent_sigma > 0 and not greedy:  # the latent policy's action
+        soft = gen.soft_tokens  # None when the response did not end in <REFINE>: no refinement
+        if soft is not None and cfg.sqr.latent_sigma > 0 and not greedy:  # the latent action
             turn.latent_mean, soft = soft.tolist(), _latent_action(soft, cfg.sqr.latent_sigma,
                                                                    query, sample, t, seed)
             turn.latent_logprob = float(gaussian_logprob(
@@ -126,7 +127,7 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
             scores[0], scores[1:], cfg.learner.infonce_tau,
             baseline_pos=base[0] if base else None, baseline_negs=base[1:] if base else None,
             improvement=base is not None))
-        turn.soft_tokens = soft.tolist()
+        turn.soft_tokens = [] if soft is None else soft.tolist()
         turn.refined_scores = [float(s) for s in scores]
         scored.append(_set_rewards(turn, parts, cfg))
         result = refined

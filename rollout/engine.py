@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from config.schema import RolloutConfig, SamplingConfig
+from rollout.slot_forcing import SLOTS_ARG, SlotSpec
 
 SOFT_CAPTURE_EXTENSION = "rollout.soft_capture.SoftTokenCapture"
+SLOT_FORCING = "rollout.slot_forcing:SlotForcing"
 logger = logging.getLogger(__name__)
 
 
@@ -36,6 +38,19 @@ class TurnOutput:
     logprobs: list[float]  # sampling log-probs of response_ids
     text: str
     finish_reason: str | None
+    slot_states: np.ndarray | None = None  # [N, H] when the response wrote the capture trigger
+
+
+def _forced_tail(ids: list[int], logprobs: list[float], finish: str | None, spec: SlotSpec
+                 ) -> tuple[list[int], list[float], str | None, bool]:
+    """(response ids, log-probs, finish reason, whether slots were written) as if the request
+    had stopped at the trigger or hit the natural cap: the forced tail is not the policy's."""
+    if spec.trigger in ids:
+        cut = ids.index(spec.trigger) + 1
+        return ids[:cut], logprobs[:cut], "stop", len(ids) == cut + spec.n + 1
+    if len(ids) > spec.cap:  # the end token forced at the cap
+        return ids[:spec.cap], logprobs[:spec.cap], "length", False
+    return ids, logprobs, finish, False
 
 
 def _gpu_weight_transfer() -> dict:
@@ -61,14 +76,14 @@ class _KnownNoise(logging.Filter):
 
 # In-process on CPU, vLLM's worker replaces torch.set_num_threads with a warning and its
 # multimodal processor calls it for every video request (hundreds of lines per step; the
-# threads stay bound as vLLM wants). On every weight reload, layers that hold only derived
-# buffers (pixel mean/std, rotary cos/sin tables) report that the checkpoint had no weights
-# for them; vLLM puts those buffers back itself (the sync tests compare greedy outputs).
+# threads stay bound as vLLM wants). A weight reload sends only what training changed, so the
+# layers it leaves out (the frozen vision tower; layers of derived buffers such as rotary
+# tables) report that "the checkpoint" had no weights for them; vLLM keeps their tensors
+# (the sync tests compare greedy outputs after full and partial reloads).
 KNOWN_NOISE = {
     "vllm.v1.worker.cpu_worker": ("after the thread binding",),
-    "vllm.model_executor.model_loader.reload.layerwise": tuple(
-        f"{layer}: Failed to load weights"
-        for layer in ("FusedMMInputNorm", "RotaryEmbedding", "MRotaryEmbedding")),
+    "vllm.model_executor.model_loader.reload.layerwise": ("Failed to load weights",),
+    "vllm.model_executor.model_loader.reload.inplace": ("were not loaded from checkpoint",),
 }
 
 
@@ -97,6 +112,7 @@ def _make_engine(model_dir: str, rollout: RolloutConfig, dtype: str, seed: int):
         enable_chunked_prefill=torch.cuda.is_available(),
         limit_mm_per_prompt={"image": 1, "video": 1},
         worker_extension_cls=SOFT_CAPTURE_EXTENSION,
+        logits_processors=[SLOT_FORCING],
         logprobs_mode="processed_logprobs",
         **_gpu_weight_transfer(),
     )
@@ -194,62 +210,61 @@ class PolicyEngine:
     # ---- public API ----------------------------------------------------------------
     def sampling_params(self, sampling: SamplingConfig, stop_token_ids: Iterable[int],
                         seed: int | None = None, greedy: bool = False,
-                        banned_token_ids: Iterable[int] = ()):
+                        banned_token_ids: Iterable[int] = (), capture_after: int | None = None):
         """`banned_token_ids` are never sampled (vision placeholders and SQR slots in a
-        response would be taken for multimodal inputs when the learner recomputes it)."""
+        response would be taken for multimodal inputs when the learner recomputes it).
+        `capture_after` (a stop token, <REFINE>): a response that writes it goes on to write
+        the N slots in the same request, their hidden states captured (rollout.slot_forcing);
+        `generate` returns the response up to the trigger and the states."""
         from vllm import SamplingParams
 
+        stops, extra = list(stop_token_ids), None
+        max_tokens = sampling.max_tokens
+        if capture_after is not None:
+            stops = [t for t in stops if t != capture_after]
+            if not stops:
+                raise ValueError("capture needs a stop token besides the trigger to end on")
+            extra = {SLOTS_ARG: SlotSpec(capture_after, self.slot_token_id, self.num_slots,
+                                         stops[0], sampling.max_tokens).as_arg()}
+            max_tokens += self.num_slots + 1
         return SamplingParams(
             temperature=0.0 if greedy else sampling.temperature,
             top_p=1.0 if greedy else sampling.top_p,
-            max_tokens=sampling.max_tokens, seed=seed, logprobs=0,
-            stop_token_ids=list(stop_token_ids), detokenize=False,
+            max_tokens=max_tokens, seed=seed, logprobs=0,
+            stop_token_ids=stops, detokenize=False,
             logit_bias={int(t): -1e4 for t in banned_token_ids} or None,
+            extra_args=extra,
         )
 
     async def generate(self, prompt_ids: list[int], mm_data: dict | None, params) -> TurnOutput:
         prompt = {"prompt_token_ids": list(prompt_ids)}
         if mm_data:
             prompt["multi_modal_data"] = mm_data
-        out = await self._submit("generate", (prompt, params))[1]
+        rid, fut = self._submit("generate", (prompt, params))
+        out = await fut
         completion = out.outputs[0]
         ids = list(completion.token_ids)
         logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs, ids, strict=True)]
+        finish, states = completion.finish_reason, None
+        spec = (params.extra_args or {}).get(SLOTS_ARG)
+        if spec is not None:
+            ids, logprobs, finish, captured = _forced_tail(ids, logprobs, finish, SlotSpec(**spec))
+            if captured:
+                states = await self._slot_states(rid)
         # decoded once here, not token by token in the engine loop (detokenize=False: ~8 % of
         # a decode step in a CPU profile); a stop token ends the ids but is not part of the text
-        text_ids = ids[:-1] if completion.finish_reason == "stop" else ids
+        text_ids = ids[:-1] if finish == "stop" else ids
         return TurnOutput(prompt_ids=list(out.prompt_token_ids), response_ids=ids,
                           logprobs=logprobs,
                           text=self.tokenizer.decode(text_ids, skip_special_tokens=False),
-                          finish_reason=completion.finish_reason)
+                          finish_reason=finish, slot_states=states)
 
-    async def slot_hidden_states(self, sequence_ids: list[int], mm_data: dict | None) -> np.ndarray:
-        """Final hidden states [N, H] at N slot tokens appended to `sequence_ids` (the
-        unexpanded prompt + response): one prefill that reuses the cached prefix.
-
-        A sequence identical to an earlier one (two samples that wrote the same response)
-        hits the prefix cache up to its last token, so its slots are never recomputed;
-        it is then run once more under a cache salt of its own."""
-        states = await self._capture(sequence_ids, mm_data, salted=False)
-        if states is None:
-            states = await self._capture(sequence_ids, mm_data, salted=True)
-        if states is None:
-            raise RuntimeError("soft-token capture missed a salted request")
-        return states
-
-    async def _capture(self, sequence_ids, mm_data, salted: bool) -> np.ndarray | None:
-        from vllm import SamplingParams
-
-        prompt = {"prompt_token_ids": list(sequence_ids) + [self.slot_token_id] * self.num_slots}
-        if mm_data:
-            prompt["multi_modal_data"] = mm_data
-        if salted:
-            prompt["cache_salt"] = f"sqr-{next(self._ids)}"
-        rid, fut = self._submit("generate", (prompt, SamplingParams(max_tokens=1, temperature=0.0)))
-        await fut
+    async def _slot_states(self, rid: str) -> np.ndarray:
         states = await self._call(
             lambda: self.engine.collective_rpc("pop_slot_states", args=([rid],))[0])
-        return np.asarray(states[rid], dtype=np.float32) if rid in states else None
+        if rid not in states:
+            raise RuntimeError(f"soft-token capture missed request {rid}")
+        return np.asarray(states[rid], dtype=np.float32)
 
     async def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
         """Reload weights in place (Hugging Face names) between engine steps; seconds."""

@@ -1,4 +1,4 @@
-"""The policy as the agent loop sees it: a turn in, a response (and soft tokens) out.
+"""The policy as the agent loop sees it: a turn in, a response (and its soft tokens) out.
 
 `LocalPolicy` wires a `PolicyEngine` to the processor, the SQR heads and video
 decoding. It is Ray-free; `actors.policy_worker.PolicyWorker` hosts one per actor.
@@ -28,6 +28,7 @@ class GeneratedTurn:
     text: str
     frame_times: list[float]
     weight_version: int
+    soft_tokens: np.ndarray | None = None  # [N, D] when the response ended in <REFINE>
 
 
 class LocalPolicy:
@@ -35,7 +36,8 @@ class LocalPolicy:
         self.cfg = cfg
         self.processor = load_processor(policy_dir)
         tok = self.processor.tokenizer
-        self.stop_ids = [tok.convert_tokens_to_ids(REFINE_TOKEN), tok.eos_token_id]
+        self.refine_id = tok.convert_tokens_to_ids(REFINE_TOKEN)
+        self.stop_ids = [self.refine_id, tok.eos_token_id]
         self.banned_ids = tok.convert_tokens_to_ids(NEVER_GENERATED)
         self.heads = SQRHeads.load(policy_dir, torch_dtype(cfg.model.dtype)).eval()
         self.engine = PolicyEngine(
@@ -47,26 +49,27 @@ class LocalPolicy:
     def _decode(self, path: str) -> DecodedVideo:
         return decode_video(path, self.cfg.video)
 
+    def sampling_params(self, seed: int | None, greedy: bool):
+        return self.engine.sampling_params(self.cfg.rollout.sampling, self.stop_ids, seed=seed,
+                                           greedy=greedy, banned_token_ids=self.banned_ids,
+                                           capture_after=self.refine_id)
+
     async def generate(self, query: str, video_path: str, seed: int | None = None,
                        greedy: bool = False) -> GeneratedTurn:
+        """One turn; a response that ends in <REFINE> also brings its soft tokens, from the
+        slots the same request goes on to write (rollout.slot_forcing)."""
         video = self._decode(video_path)
-        params = self.engine.sampling_params(self.cfg.rollout.sampling, self.stop_ids,
-                                             seed=seed, greedy=greedy,
-                                             banned_token_ids=self.banned_ids)
+        params = self.sampling_params(seed, greedy)
         version = self.weight_version
         out = await self.engine.generate(prompt_ids(self.processor, query),
                                          vllm_video_data(video), params)
+        soft = None
+        if out.slot_states is not None:
+            with torch.no_grad():
+                soft = self.heads.soft_tokens(
+                    torch.from_numpy(out.slot_states).to(self.heads_dtype)).float().numpy()
         return GeneratedTurn(out.prompt_ids, out.response_ids, out.logprobs, out.text,
-                             video.timestamps.tolist(), version)
-
-    async def soft_tokens(self, query: str, response_ids: list[int], video_path: str) -> np.ndarray:
-        """[N, D] soft query tokens for a turn that ended in <REFINE>."""
-        video = self._decode(video_path)
-        ids = prompt_ids(self.processor, query) + list(response_ids)
-        hidden = await self.engine.slot_hidden_states(ids, vllm_video_data(video))
-        with torch.no_grad():
-            soft = self.heads.soft_tokens(torch.from_numpy(hidden).to(self.heads_dtype))
-        return soft.float().numpy()
+                             video.timestamps.tolist(), version, soft)
 
     @property
     def heads_dtype(self) -> torch.dtype:

@@ -5,10 +5,11 @@ A vLLM worker extension (mixed into the worker by `worker_extension_cls`, reache
 output is the final-norm hidden states). That module runs eagerly around the backbone
 vLLM compiles: a hook on the final norm, or on the backbone, whose `__call__` vLLM
 replaces, is compiled away and never fires. On every step it walks the persistent
-batch (`input_batch.req_ids` with `query_start_loc`), finds the requests whose prefill
-completes in this step and whose last N scheduled tokens are SQR slot tokens, and keeps
-those N final hidden states keyed by request id. This is what maps hidden states to the
-right request under continuous batching: the batch layout, not arrival order.
+batch (`input_batch.req_ids` with `query_start_loc`), finds the SQR slot tokens scheduled
+for each request (one per decode step when the turn's own request writes them, see
+rollout.slot_forcing), keeps their final hidden states by absolute position, and once a
+request has N of them files the N states under its id. This is what maps hidden states to
+the right request under continuous batching: the batch layout, not arrival order.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class SoftTokenCapture:
         self._slot_id = int(slot_token_id)
         self._num_slots = int(num_slots)
         self._slot_states: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._partial: dict[str, dict[int, torch.Tensor]] = {}  # request -> position -> state
         model = self.model_runner.get_model()
         if getattr(self, "_soft_hook", None) is not None:
             self._soft_hook.remove()
@@ -41,15 +43,23 @@ class SoftTokenCapture:
         token_ids = runner.input_ids.np
         for i, req_id in enumerate(batch.req_ids):
             start, end = int(starts[i]), int(starts[i + 1])
-            if end - start < n or not (token_ids[end - n:end] == self._slot_id).all():
+            slots = (token_ids[start:end] == self._slot_id).nonzero()[0]
+            if not len(slots):
                 continue
-            request = runner.requests[req_id]
-            prompt_len = len(request.prompt_token_ids or ())
-            if int(batch.num_computed_tokens_cpu[i]) + (end - start) != prompt_len:
-                continue  # an earlier chunk of a chunked prefill, or a decode step
-            self._slot_states[req_id] = hidden[end - n:end].detach().float().cpu().clone()
+            # by absolute position: a slot run may span decode steps (one slot each, the
+            # turn's own request) or arrive in one prefill; a recomputed position overwrites
+            done = int(batch.num_computed_tokens_cpu[i])
+            partial = self._partial.setdefault(req_id, {})
+            for j in slots:
+                partial[done + int(j)] = hidden[start + int(j)].detach().float().cpu().clone()
+            if len(partial) >= n:
+                states = [partial[p] for p in sorted(partial)[-n:]]
+                self._slot_states[req_id] = torch.stack(states)
+                del self._partial[req_id]
             while len(self._slot_states) > _MAX_PENDING:
                 self._slot_states.popitem(last=False)
+            while len(self._partial) > _MAX_PENDING:
+                self._partial.pop(next(iter(self._partial)))
 
     def pop_slot_states(self, request_ids: list[str]) -> dict[str, list[list[float]]]:
         """States for the given external request ids (vLLM appends '-<suffix>' inside),

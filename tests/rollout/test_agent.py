@@ -57,18 +57,30 @@ def world(cfg, model_dirs, synth):
 
 class Rejecting:
     """The real policy with its verdict replaced by a parseable not_matched, which a random
-    tiny policy rarely writes, so that the refinement path runs on real soft tokens."""
+    tiny policy rarely writes: its 8-token responses end in <REFINE> (written at the cap, as
+    bench/rollout.py does), so the refinement path runs on real soft tokens, captured in the
+    turn's own request."""
 
     TEXT = "<think>None of them is the query.</think> <answer>not_matched</answer> <REFINE>"
 
     def __init__(self, policy):
         self.policy = policy
 
-    async def generate(self, *args, **kwargs):
-        return replace(await self.policy.generate(*args, **kwargs), text=self.TEXT)
+    def _params(self, seed, greedy):
+        from rollout.slot_forcing import trigger_at_cap
 
-    async def soft_tokens(self, *args):
-        return await self.policy.soft_tokens(*args)
+        p = self.policy
+        return trigger_at_cap(p.engine.sampling_params(
+            replace(p.cfg.rollout.sampling, max_tokens=8), p.stop_ids, seed=seed, greedy=greedy,
+            banned_token_ids=p.banned_ids, capture_after=p.refine_id))
+
+    async def generate(self, *args, **kwargs):
+        self.policy.sampling_params = self._params  # this instance only, for this call
+        try:
+            out = await self.policy.generate(*args, **kwargs)
+        finally:
+            del self.policy.sampling_params
+        return replace(out, text=self.TEXT)
 
 
 def _wrong_top1_query(corpus, retriever):

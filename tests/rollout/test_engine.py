@@ -56,6 +56,24 @@ def _greedy(engine, max_tokens=12):
     return engine.sampling_params(SamplingConfig(max_tokens=max_tokens), [], greedy=True)
 
 
+def _capturing(engine, processor, max_tokens):
+    """Greedy params whose response, at `max_tokens`, writes <REFINE> and then the slots in
+    the same request (a random model rarely writes <REFINE> itself): bench/rollout.py's way."""
+    from config.schema import SamplingConfig
+    from rollout.slot_forcing import trigger_at_cap
+
+    return trigger_at_cap(engine.sampling_params(
+        SamplingConfig(max_tokens=max_tokens), _stops(processor), greedy=True,
+        capture_after=_stops(processor)[0]))
+
+
+def _stops(processor) -> list[int]:
+    """The policy's stop tokens: <REFINE>, EOS."""
+    from models.tokens import REFINE_TOKEN
+
+    return [processor.tokenizer.convert_tokens_to_ids(REFINE_TOKEN), processor.tokenizer.eos_token_id]
+
+
 def _hf_generate(model, processor, ids, extra, max_new_tokens=12):
     from models.prompts import mm_token_type_ids
 
@@ -148,8 +166,11 @@ def test_video_matches_transformers_to_logprob_level(engine, hf_policy, video):
 
 
 def test_soft_tokens_match_transformers_under_concurrency(engine, hf_policy, video):
-    """10 concurrent requests of different lengths: the slot states captured inside
-    vLLM equal transformers' final hidden states at the slots (max abs diff <= 1e-4)."""
+    """10 concurrent requests of different lengths, each writing its slots after <REFINE> in
+    its own request: the slot states captured inside vLLM equal transformers' final hidden
+    states at the slots (max abs diff <= 1e-4), and the tokens before the forced tail and
+    their log-probs are those of the same request without capture."""
+    from config.schema import SamplingConfig
     from models.prompts import hf_video_inputs, mm_token_type_ids, prompt_ids, vllm_video_data
 
     eng, processor = engine
@@ -158,9 +179,11 @@ def test_soft_tokens_match_transformers_under_concurrency(engine, hf_policy, vid
 
     async def one(i):
         ids = prompt_ids(processor, "a red circle " * (i + 1))
-        out = await eng.generate(ids, vllm_video_data(video), _greedy(eng, max_tokens=3 + 2 * i))
-        states = await eng.slot_hidden_states(ids + out.response_ids, vllm_video_data(video))
-        return out, states
+        n = 3 + 2 * i
+        plain = eng.sampling_params(SamplingConfig(max_tokens=n), _stops(processor), greedy=True)
+        plain = await eng.generate(ids, vllm_video_data(video), plain)
+        out = await eng.generate(ids, vllm_video_data(video), _capturing(eng, processor, n))
+        return plain, out
 
     async def all_of_them():
         return await asyncio.gather(*[one(i) for i in range(10)])
@@ -168,40 +191,40 @@ def test_soft_tokens_match_transformers_under_concurrency(engine, hf_policy, vid
     results = asyncio.run(all_of_them())
     vin = hf_video_inputs(processor, video)
     worst = 0.0
-    for out, states in results:
+    refine = _stops(processor)[0]
+    for plain, out in results:
+        natural = plain.response_ids[-1:] == [refine]  # it wrote <REFINE> itself, else at the cap
+        assert out.response_ids == plain.response_ids + ([] if natural else [refine])
+        assert out.finish_reason == "stop"
+        n = len(plain.logprobs)
+        assert out.logprobs[:n] == pytest.approx(plain.logprobs, abs=1e-5)
         ids = out.prompt_ids + out.response_ids + [slot] * 8
         with torch.no_grad():
             hidden = model(input_ids=torch.tensor([ids]), mm_token_type_ids=mm_token_type_ids(processor, ids),
                            output_hidden_states=True, **vin).hidden_states[-1][0, -8:]
-        worst = max(worst, (hidden - torch.from_numpy(states)).abs().max().item())
-    assert len({len(o.prompt_ids) for o, _ in results}) == 10
+        worst = max(worst, (hidden - torch.from_numpy(out.slot_states)).abs().max().item())
+        assert plain.slot_states is None
+    assert len({len(o.prompt_ids) for _, o in results}) == 10
     assert worst <= 1e-4
 
 
-def test_identical_sequences_still_get_their_soft_tokens(engine, video):
-    """Two samples that wrote the same response: the second slot request is prefix-cached
-    up to its last token, so its slots are not recomputed. Its states must still come back
-    (under a cache salt), equal to the first's."""
+def test_identical_requests_each_get_their_soft_tokens(engine, video):
+    """Two samples that write the same response at once (prefix-cached prompts, the same
+    slots): each request's states come back under its own id, equal."""
     from models.prompts import prompt_ids, vllm_video_data
 
     eng, processor = engine
     data = vllm_video_data(video)
     ids = prompt_ids(processor, "the same words twice")
-    block = eng.engine.vllm_config.cache_config.block_size
-    expanded = len(asyncio.run(eng.generate(ids, data, _greedy(eng, 1))).prompt_ids)
-    # Pad so that only 3 of the 8 slots fall outside the full (cacheable) blocks.
-    ids += [processor.tokenizer.convert_tokens_to_ids("a")] * ((3 - expanded - 8) % block)
 
     async def scenario():
-        first = await eng.slot_hidden_states(ids, data)
-        unsalted = await eng._capture(ids, data, salted=False)
-        second = await eng.slot_hidden_states(ids, data)
-        return first, unsalted, second
+        return await asyncio.gather(*[eng.generate(ids, data, _capturing(eng, processor, 5))
+                                      for _ in range(2)])
 
-    first, unsalted, second = asyncio.run(scenario())
-    assert unsalted is None  # the cache hit is real: the plain request lost its slots
-    assert first.shape == second.shape == (8, first.shape[1])
-    np.testing.assert_allclose(first, second, atol=1e-5)
+    first, second = asyncio.run(scenario())
+    assert first.response_ids == second.response_ids
+    assert first.slot_states.shape == (8, first.slot_states.shape[1])
+    np.testing.assert_allclose(first.slot_states, second.slot_states, atol=1e-5)
 
 
 def test_reload_weights_changes_greedy_output(engine, model_dirs):
@@ -261,8 +284,8 @@ def test_the_learner_recomputes_the_rollouts_latent_mean(engine, model_dirs, syn
     turns, means = [], []
     for i in range(3):  # different lengths: padding between the rows
         ids = prompt_ids(processor, "a red circle " * (i + 1))
-        out = asyncio.run(eng.generate(ids, vllm_video_data(video), _greedy(eng, max_tokens=3 + 2 * i)))
-        states = asyncio.run(eng.slot_hidden_states(ids + out.response_ids, vllm_video_data(video)))
+        out = asyncio.run(eng.generate(ids, vllm_video_data(video), _capturing(eng, processor, 3 + 2 * i)))
+        states = out.slot_states
         with torch.no_grad():
             mean = module.heads.soft_tokens(torch.from_numpy(states)).numpy()
         means.append(mean)
