@@ -102,7 +102,8 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
 
 def test_metrics_reach_the_prometheus_endpoint(first_run):
     wanted = ["ray_rollout_generated_tokens_total", "ray_rollout_trajectories_total",
-              "ray_learner_step_seconds", "ray_reward_component", "ray_weight_sync_seconds"]
+              "ray_learner_step_seconds", "ray_reward_component", "ray_weight_sync_seconds",
+              "ray_grpo_staleness"]
     deadline = time.time() + 60
     while True:
         text = _metrics_text()
