@@ -21,7 +21,7 @@ import ray
 import torch
 from ray.util.metrics import Histogram
 
-from actors import role_resources
+from actors import pin_to_cpus, role_resources
 from config.schema import Config
 from models.loading import model_dirs
 from models.tokens import SQR_SLOT_TOKEN
@@ -35,7 +35,8 @@ LATENCY_BOUNDARIES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0
 
 @ray.remote(max_restarts=-1, max_task_retries=3)
 class IndexShardActor:
-    def __init__(self, index_dir: str, shard: int, use_gpu: bool):
+    def __init__(self, index_dir: str, shard: int, use_gpu: bool, cpu_set: list[int]):
+        pin_to_cpus(cpu_set)
         self.shard = load_shard(index_dir, shard, use_gpu=use_gpu)
 
     def info(self) -> dict:
@@ -62,7 +63,9 @@ class QueryEncoderActor:
     back on version 0, refuses them instead of answering with stale heads.
     """
 
-    def __init__(self, embedder_dir: str, policy_dir: str | None, dtype: str, instruction: str):
+    def __init__(self, embedder_dir: str, policy_dir: str | None, dtype: str, instruction: str,
+                 cpu_set: list[int]):
+        pin_to_cpus(cpu_set)
         self.embedder = Embedder(embedder_dir, policy_dir, dtype, instruction)
         self.heads_version = 0
 
@@ -90,6 +93,7 @@ class ShardSpec:
     num_gpus: float = 0.0
     use_gpu: bool = False  # search on the shard's GPU (faiss-gpu), when it is given one
     resources: dict = field(default_factory=dict)  # the role's custom resource, if any
+    cpu_set: list[int] = field(default_factory=list)  # cores to pin to (resources.*_cpu_set)
 
 
 @dataclass
@@ -101,6 +105,7 @@ class EncoderSpec:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     resources: dict = field(default_factory=dict)
+    cpu_set: list[int] = field(default_factory=list)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
@@ -116,12 +121,13 @@ class RetrievalRouter:
         self.shards = [
             IndexShardActor.options(num_cpus=shards.num_cpus, num_gpus=shards.num_gpus,
                                     resources=shards.resources)
-            .remote(shards.index_dir, i, shards.use_gpu and shards.num_gpus > 0)
+            .remote(shards.index_dir, i, shards.use_gpu and shards.num_gpus > 0, shards.cpu_set)
             for i in range(self.manifest["num_shards"])]
         self.encoder = None if encoder is None else QueryEncoderActor.options(
             num_cpus=encoder.num_cpus, num_gpus=encoder.num_gpus,
             resources=encoder.resources).remote(
-            encoder.embedder_dir, encoder.policy_dir, encoder.dtype, encoder.instruction)
+            encoder.embedder_dir, encoder.policy_dir, encoder.dtype, encoder.instruction,
+            encoder.cpu_set)
         self.heads_version, self.heads_ref = 0, None
         self.heads_lost = ray.get_runtime_context().was_current_actor_reconstructed
         self._coalesced = Coalescer(self._search_text_batch)
@@ -240,10 +246,11 @@ def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float =
                          f"encoder is {expected}: rebuild the index")
     res = cfg.resources
     shards = ShardSpec(str(index_dir), res.cpus_per_actor, res.gpus_per_index_shard,
-                       cfg.retrieval.use_gpu, role_resources(cfg, "retrieval"))
+                       cfg.retrieval.use_gpu, role_resources(cfg, "retrieval"),
+                       list(res.retrieval_cpu_set))
     encoder = EncoderSpec(str(embedder_dir), str(policy_dir), cfg.model.dtype,
                           cfg.model.embed_instruction, res.cpus_per_actor, encoder_gpus,
-                          role_resources(cfg, "retrieval"))
+                          role_resources(cfg, "retrieval"), list(res.retrieval_cpu_set))
     router = RetrievalRouter.remote(shards, encoder)
     ray.get(router.ready.remote())
     return router

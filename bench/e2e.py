@@ -4,15 +4,17 @@ first, so that the policy verifies and refines as the job's does (a policy one S
 ended every episode after one turn, which measures another workload). The comparison with
 TRL's GRPOTrainer (on a text workload both can run) is bench/trl_compare.py.
 
-`async_speedup`: from the same SFT, GRPO with the policy worker pinned to core 0 and the
-learner rank to core 1 (disjoint, as disjoint GPUs are on a cluster), synchronous (k = 0)
-and one version ahead (train.max_staleness = 1); the median step time of the first over the
-second. `driver_cpu_ms_per_episode`: the driver process's CPU time over those GRPO runs per
-episode generated (its share of the hot path now that agent loops run in the workers).
+`async_speedup`: from the same SFT, GRPO with the policy worker and the search engine pinned
+to core 0 and the learner rank to core 1 (disjoint, as disjoint GPUs are on a cluster),
+synchronous (k = 0) and one version ahead (train.max_staleness = 1); the median step time of
+the first over the second. `fan_out_driver_cpu_ms_per_episode`: the driver process's CPU time
+per episode while 32 queries x G = 8 episodes run through the pool from the SFT export (the
+agent loops run in the workers; the driver only asks for groups).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 import time
@@ -26,6 +28,7 @@ from actors.driver import run as run_job
 from config import load_config
 
 ASYNC_STEPS = 6  # the first step of each run warms up and is left out
+FAN_OUT_QUERIES, FAN_OUT_G = 32, 8
 
 
 def _grpo_history(work: Path) -> list[dict]:
@@ -34,21 +37,39 @@ def _grpo_history(work: Path) -> list[dict]:
 
 
 def _async_runs(cfg) -> dict:
-    out, cpu = {}, {}
+    out = {}
     for k in (0, 1):
         pinned = replace(cfg, train=replace(cfg.train, grpo_steps=ASYNC_STEPS, max_staleness=k),
-                         resources=replace(cfg.resources, rollout_cpu_set=[0], learner_cpu_set=[1],
-                                           cpus_per_learner_rank=1))
-        started = time.process_time()
+                         resources=replace(cfg.resources, rollout_cpu_set=[0], retrieval_cpu_set=[0],
+                                           learner_cpu_set=[1], cpus_per_learner_rank=1))
         run_job(pinned, stages="grpo")
-        cpu[k] = time.process_time() - started
-        steps = _grpo_history(Path(cfg.paths.workdir))
-        out[f"k{k}_step_seconds_median"] = float(np.median([h["step_total_seconds"] for h in steps[1:]]))
+        steps = _grpo_history(Path(cfg.paths.workdir))[1:]
+        out[f"k{k}_step_seconds_median"] = float(np.median([h["step_total_seconds"] for h in steps]))
+        out[f"k{k}_learner_seconds_median"] = float(np.median([h["step_seconds"] for h in steps]))
         out[f"k{k}_staleness_mean"] = float(np.mean([h["staleness"] for h in steps]))
-        episodes = sum(h["queries_drawn"] for h in steps) * cfg.rollout.group_size
-        out[f"k{k}_driver_cpu_ms_per_episode"] = 1000 * cpu[k] / episodes
     out["async_speedup"] = out["k0_step_seconds_median"] / out["k1_step_seconds_median"]
     return out
+
+
+def _fan_out(cfg) -> dict:
+    from actors.driver import _weights_from_export, open_session
+    from actors.rollout_pool import sync_weights
+
+    s = open_session(cfg)
+    try:
+        state = json.loads((Path(cfg.paths.workdir) / "job_state.json").read_text())
+        asyncio.run(sync_weights(s.pool, s.router, _weights_from_export(Path(state["sft_export"]))))
+        queries = s.corpus.queries("train")[:FAN_OUT_QUERIES]
+        asyncio.run(s.pool.groups(queries[:4], FAN_OUT_G, seed=99))  # warm-up
+        cpu, wall = time.process_time(), time.perf_counter()
+        groups = asyncio.run(s.pool.groups(queries, FAN_OUT_G, seed=0))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        s.metrics.close()
+    episodes = [e for g in groups for e in g.episodes]
+    return {"fan_out_driver_cpu_ms_per_episode": 1000 * cpu / len(episodes),
+            "fan_out_seconds": wall,
+            "fan_out_turns_per_episode": sum(map(len, episodes)) / len(episodes)}
 
 
 def run(results: dict) -> dict:
@@ -60,6 +81,7 @@ def run(results: dict) -> dict:
         run_job(cfg, stages="sft,grpo")
         history = _grpo_history(Path(tmp))
         results.update(_async_runs(cfg))
+        results.update(_fan_out(cfg))
         ray.shutdown()
     steps = history[1:]  # the first step warms up
     med = {k: float(np.median([h[k] for h in steps]))

@@ -274,11 +274,12 @@ class ResourcesConfig:
     # Ask each actor for one unit of its role's custom resource ("rollout", "learner",
     # "retrieval") as the cluster YAMLs in cluster/ advertise them per node type.
     role_resources: bool = False
-    # CPU cores the policy workers' and the learner ranks' processes are pinned to, so that
-    # roles sharing one machine do not take each other's cores (as disjoint GPUs keep them
-    # apart on a cluster); empty: not pinned.
+    # CPU cores each role's processes are pinned to (policy workers; learner ranks; index
+    # shards and query encoder), so that roles sharing one machine do not take each other's
+    # cores, as disjoint GPUs keep them apart on a cluster; empty: not pinned.
     rollout_cpu_set: list[int] = field(default_factory=list)
     learner_cpu_set: list[int] = field(default_factory=list)
+    retrieval_cpu_set: list[int] = field(default_factory=list)
 
 
 @dataclass
