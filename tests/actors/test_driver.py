@@ -289,9 +289,14 @@ def test_chaos_soak_async_grpo_survives_killed_workers_and_shards(short_cfg, fir
                   train=replace(short_cfg.train, grpo_steps=30, max_staleness=1),
                   learner=replace(short_cfg.learner, checkpoint_every=10))
     stop, kills, rng = threading.Event(), [], np.random.default_rng(0)
+    # four kills at random moments of the first 90 s (the run takes minutes), alternating a
+    # PolicyWorker (a vLLM restart costs ~20 s) and an index shard
+    moments = np.diff(np.sort(rng.uniform(5, 90, size=4)), prepend=0.0)
 
     def chaos():
-        while not stop.wait(rng.uniform(8, 20)):
+        for wait in moments:
+            if stop.wait(wait):
+                return
             title = ["ray::PolicyWorker", "ray::IndexShardActor"][len(kills) % 2]
             if pids := _pids(title):
                 os.kill(pids[0], signal.SIGKILL)

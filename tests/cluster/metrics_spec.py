@@ -30,6 +30,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reward_component": ("Gauge", ("component",)),
     "logprob_mismatch": ("Gauge", ()),
     "train_step": ("Gauge", ()),
+    "grpo_staleness": ("Gauge", ()),
+    "grpo_stale_episodes_dropped": ("Counter", ()),
 }
 REWARD_COMPONENTS = ("format", "verification", "retrieval", "grounding", "found", "total")
 
