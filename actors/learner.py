@@ -61,7 +61,9 @@ class LearnerRank:
 
     @ray.method(num_returns=3)
     def export_weights(self, changed_only: bool = False):
-        return self.learner.export_weights(changed_only=changed_only)
+        """((version, whether heads are among the tensors), policy tensors, heads tensors)."""
+        version, policy, heads = self.learner.export_weights(changed_only=changed_only)
+        return (version, bool(heads)), policy, heads
 
     def connect_workers(self, addr: str, port: int, world_size: int, workers: list, tp: int):
         from learner.nccl_sync import trainer_engine
@@ -188,10 +190,10 @@ class LearnerGroup:
         with `changed_only` those this stage trains (the heads then only when they train)."""
         refs = [r.export_weights.remote(changed_only) for r in self.ranks]
         ray.get([ref for triple in refs[1:] for ref in triple])  # the other ranks' part of a gather
-        version_ref, model_ref, heads_ref = refs[0]
-        trains_heads = not changed_only or self.cfg.sqr.latent_sigma > 0 or self.stage == "sft"
-        return Weights(version=ray.get(version_ref), model_ref=model_ref,
-                       heads_ref=heads_ref if trains_heads else None, full=not changed_only)
+        meta_ref, model_ref, heads_ref = refs[0]
+        version, has_heads = ray.get(meta_ref)  # no heads: this stage does not train them
+        return Weights(version=version, model_ref=model_ref,
+                       heads_ref=heads_ref if has_heads else None, full=not changed_only)
 
     def connect_workers(self, workers: list, tp: int = 1) -> None:
         """GPU: one NCCL group spanning learner rank 0 and every vLLM rank of the workers."""

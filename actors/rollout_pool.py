@@ -43,6 +43,7 @@ class WorkerPool:
         self.weights: Weights | None = None  # the latest
         self.base: Weights | None = None  # the latest full one, for a worker that restarted
         self._load = [0] * len(self.workers)
+        self._loading: tuple[asyncio.AbstractEventLoop, list[asyncio.Lock]] | None = None
         self.retried_groups = 0
 
     async def sync(self, weights: Weights) -> list[float]:
@@ -65,16 +66,27 @@ class WorkerPool:
     async def _bring_up_to_date(self, i: int) -> float:
         """Loads what worker i lacks: the latest full weights first if it is older than them
         (a restarted worker holds the initial ones), then the latest changes."""
-        w, handle, seconds = self.weights, self.workers[i], 0.0
-        if w is None:
-            return 0.0
-        have = await handle.weight_version.remote()
-        if have == w.version:
-            return 0.0
-        base = self.base
-        if have < base.version and base is not w:
-            seconds += await handle.load_weights.remote(base.version, base.model_ref, base.heads_ref)
-        return seconds + await handle.load_weights.remote(w.version, w.model_ref, w.heads_ref)
+        async with self._load_lock(i):
+            w, handle, seconds = self.weights, self.workers[i], 0.0
+            if w is None:
+                return 0.0
+            have = await handle.weight_version.remote()
+            if have == w.version:
+                return 0.0
+            base = self.base
+            if have < base.version and base is not w:
+                seconds += await handle.load_weights.remote(base.version, base.model_ref,
+                                                            base.heads_ref)
+            return seconds + await handle.load_weights.remote(w.version, w.model_ref, w.heads_ref)
+
+    def _load_lock(self, i: int) -> asyncio.Lock:
+        """One load at a time per worker, so a group dispatched during a sync waits for that
+        load instead of sending the same weights again. Per event loop: the pool outlives the
+        loops the driver's stages run (an asyncio lock belongs to one)."""
+        loop = asyncio.get_running_loop()
+        if self._loading is None or self._loading[0] is not loop:
+            self._loading = (loop, [asyncio.Lock() for _ in self.workers])
+        return self._loading[1][i]
 
     async def _wait_alive(self, i: int) -> None:
         for _ in range(120):
