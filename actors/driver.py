@@ -28,7 +28,7 @@ from actors.job_state import JobState
 from actors.learner import LearnerGroup
 from actors.policy_worker import PolicyWorker
 from actors.retrieval import RouterClient, start_retrieval
-from actors.rollout_pool import Weights, WorkerPool, sync_weights
+from actors.rollout_pool import WorkerPool, sync_weights, weights_from_export
 from actors.train_metrics import TrainMetrics
 from config.schema import Config
 from corpus.tables import CorpusTables, Query, load_built_corpus, load_corpus
@@ -237,7 +237,7 @@ def _run_stages(s: Session, wanted: tuple[str, ...], resume: bool, started: floa
         latest = state.get("sft_export") if "grpo" in wanted else (
             state.get("grpo_export") or state.get("sft_export"))
         if latest and s.pool:
-            asyncio.run(sync_weights(s.pool, s.router, _weights_from_export(Path(latest))))
+            asyncio.run(sync_weights(s.pool, s.router, weights_from_export(Path(latest))))
         s.results["start_weights"] = latest or str(s.policy_dir)
     if "grpo" in wanted:
         s.results["grpo"] = stage_grpo(s, _queries_of(s, "grpo"), state, resume)
@@ -251,20 +251,6 @@ def _run_stages(s: Session, wanted: tuple[str, ...], resume: bool, started: floa
     trained = "sft" in wanted or "grpo" in wanted
     out = s.work / ("results" if trained else "results-" + "-".join(wanted))
     return _report(s, evals, out, time.perf_counter() - started)
-
-
-def _weights_from_export(export: Path) -> Weights:
-    from safetensors.torch import load_file
-
-    from models.sqr_heads import SUBDIR, WEIGHTS_FILE
-
-    model = {}
-    for part in sorted(export.glob("*.safetensors")):
-        model |= load_file(part)
-    if not model:
-        raise FileNotFoundError(f"no *.safetensors in the export {export}")
-    heads = load_file(export / SUBDIR / WEIGHTS_FILE)
-    return Weights(version=0, model_ref=ray.put(model), heads_ref=ray.put(heads))
 
 
 PAIRS = (("grpo", "sft"), ("sft", "untrained"))  # (better-hoped, baseline) of the same queries

@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from actors.job_state import JobState
 from actors.learner import LearnerGroup
-from actors.rollout_pool import sync_weights
+from actors.rollout_pool import ObjectStoreSync, WeightBroadcast, weights_from_export
 from corpus.tables import Query
+from rollout.engine import broadcast_backend
 from rollout.group import Group, episode_reward, within_staleness
 from rollout.rewards import REWARD_PARTS
 from rollout.trajectory import Turn, turns_to_table
@@ -125,11 +126,22 @@ def stage_grpo(s: Session, train: list[Query], state: JobState, resume: bool) ->
     step = asyncio.run(_grpo_steps(s, learner, train, state, step, position))
     export = s.work / "checkpoints" / "grpo_export"
     learner.export_hf(export)
+    if s.pool.broadcast is not None:  # from here a restarted worker loads the export
+        s.pool.adopt(weights_from_export(export))
     learner.shutdown()
     history = [h for h in s.metrics.history if h["stage"] == "grpo"]
     return {"steps": step, "export": str(export), "stopped": Stop.requested,
             "first_reward": history[0]["reward_total"] if history else None,
             "last_reward": history[-1]["reward_total"] if history else None}
+
+
+def weight_transport(s: Session, learner: LearnerGroup) -> ObjectStoreSync | WeightBroadcast:
+    """What the GRPO loop syncs through, by `rollout.weight_transport`: a broadcast into the
+    engines (nccl, gloo), or the learner's tensors through the object store."""
+    backend = broadcast_backend(s.cfg.rollout)
+    if backend is None:
+        return ObjectStoreSync(s.pool, s.router, learner)
+    return WeightBroadcast(s.pool, s.router, learner, backend)
 
 
 async def _grpo_steps(s: Session, learner: LearnerGroup, train: list[Query], state: JobState,
@@ -139,7 +151,8 @@ async def _grpo_steps(s: Session, learner: LearnerGroup, train: list[Query], sta
     the weight version they were sampled with, and those more than k versions old are
     dropped. The learner's blocking calls run in threads so the event loop keeps serving it."""
     cfg, k = s.cfg, s.cfg.train.max_staleness
-    await sync_weights(s.pool, s.router, learner.export_weights())
+    transport = weight_transport(s, learner)
+    await transport.sync(changed_only=False)
     bar = tqdm(total=cfg.train.grpo_steps, initial=step, desc="grpo", unit="step")
     ahead: asyncio.Task | None = None
     try:
@@ -157,11 +170,12 @@ async def _grpo_steps(s: Session, learner: LearnerGroup, train: list[Query], sta
             rewards = _reward_means(draw.episodes)
             # no group with a reward difference in any draw: nothing to learn, the weights stay
             samples = [x for group in kept for x in group.samples()]
-            metrics = await asyncio.to_thread(learner.grpo_step, samples, version) if samples else {}
-            sync_started = time.perf_counter()
-            if samples:
-                await sync_weights(s.pool, s.router,
-                                   await asyncio.to_thread(learner.export_weights, True))
+            async with transport.lock:  # a restarted worker's catch-up waits for the round
+                metrics = await asyncio.to_thread(learner.grpo_step, samples, version) \
+                    if samples else {}
+                sync_started = time.perf_counter()
+                if samples:
+                    await transport.sync(changed_only=True)
             metrics |= {f"reward_{name}": v for name, v in rewards.items()}
             metrics |= {"rollout_seconds": rollout_s,
                         "sync_seconds": time.perf_counter() - sync_started,

@@ -7,9 +7,10 @@ rank's learner (SFT, then GRPO from the SFT export) inside the same process grou
 fans out to all ranks, since each step, save, load and ZeRO-3 gather is a collective, and
 returns rank 0's answer. Data goes through the object store once (`ray.put`), read by all ranks.
 
-Weight sync: on CPU rank 0's tensors are returned into the object store and handed to the
-PolicyWorkers as `actors.rollout_pool.Weights` (WorkerPool.sync loads them, versioned); on GPU
-`connect_workers` + `push_weights` broadcast over NCCL with vLLM's weight-transfer API.
+Weight sync, by `rollout.weight_transport`: rank 0's tensors are returned into the object
+store and handed to the PolicyWorkers as `actors.rollout_pool.Weights` (WorkerPool.sync loads
+them, versioned), or `connect_workers` + `push_weights` broadcast them into the engines with
+vLLM's weight-transfer API (nccl on GPU, gloo on CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class LearnerRank:
     def __init__(self, rank: int, world: int):
         self.rank, self.world = rank, world
         self.learner = None
-        self.transfer = None
+        self.transfer = None  # the broadcast sender (learner.weight_transfer), once connected
+        self.client = None
 
     def address(self) -> tuple[str, int]:
         with socket.socket() as s:
@@ -65,17 +67,29 @@ class LearnerRank:
         version, policy, heads = self.learner.export_weights(changed_only=changed_only)
         return (version, bool(heads)), policy, heads
 
-    def connect_workers(self, addr: str, port: int, world_size: int, workers: list, tp: int):
-        from learner.nccl_sync import trainer_engine
+    def connect_workers(self, backend: str, addr: str, port: int, world_size: int,
+                        workers: list, tp: int) -> None:
+        """(Re-)forms the broadcast group with these workers' engines (every rank joins the
+        call; rank 0 is the sender)."""
+        from learner.weight_transfer import trainer_engine
 
-        self.transfer = trainer_engine(self.learner.engine, self.rank, addr, port, world_size,
-                                       PolicyWorkersClient(workers, tp))
+        if self.transfer is not None:
+            self.transfer.shutdown()
+        self.client = PolicyWorkersClient(workers, tp)
+        self.transfer = trainer_engine(backend, self.learner.engine, self.rank, addr, port,
+                                       world_size, self.client)
 
-    def push_weights(self) -> tuple[int, dict]:
-        """Policy over NCCL, then (version, heads tensors) back through the object store."""
-        self.transfer.send_weights()
-        version, _, heads = self.learner.export_weights(policy=False)
-        return version, heads
+    def push_weights(self, version: int, changed_only: bool) -> ray.ObjectRef | None:
+        """One broadcast round: the policy's tensors (those this stage trains with
+        `changed_only`) into every engine, which then report `version`; the heads, when sent,
+        ride the round's finish through the object store (their ref is returned)."""
+        from learner.weight_transfer import send
+
+        _, _, heads = self.learner.export_weights(policy=False, changed_only=changed_only)
+        heads_ref = ray.put(heads) if heads else None
+        self.client.finish_with = (version, heads_ref)
+        send(self.transfer, self.learner.engine, self.learner.sent_names(changed_only))
+        return heads_ref
 
     def close(self) -> None:
         from learner.engine import close_distributed
@@ -88,15 +102,14 @@ class LearnerRank:
 
 
 class PolicyWorkersClient:
-    """vLLM's weight-sync client protocol over PolicyWorker handles (GPU path). Each worker hosts
-    its own engine, so each gets its own NCCL rank offset (vLLM's Ray client would give every
-    engine offset 1). Contract on the worker side (engine started with
-    `weight_transfer_config=WeightTransferConfig(backend="nccl")`): each of the five methods
-    below forwards its dict argument as `engine.collective_rpc(<same name>, args=(arg,))`
-    (no argument for start/shutdown; finish also records the new version)."""
+    """vLLM's weight-sync client protocol over PolicyWorker handles (the broadcast transports).
+    Each worker hosts its own engine, so each gets its own rank offset (vLLM's Ray client would
+    give every engine offset 1). The finish also hands each worker the round's version and heads
+    (`finish_with`, set before the round)."""
 
     def __init__(self, workers: list, tp: int):
         self.workers, self.tp = list(workers), tp
+        self.finish_with: tuple[int, ray.ObjectRef | None] = (0, None)
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         ray.get([w.init_weight_transfer_engine.remote(dict(init_info, rank_offset=1 + i * self.tp))
@@ -109,10 +122,8 @@ class PolicyWorkersClient:
         ray.get([w.update_weights.remote(update_info) for w in self.workers])
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
-        ray.get([w.finish_weight_update.remote(weight_version) for w in self.workers])
-
-    def shutdown_weight_transfer_engine(self) -> None:
-        ray.get([w.shutdown_weight_transfer_engine.remote() for w in self.workers])
+        version, heads_ref = self.finish_with
+        ray.get([w.finish_weight_update.remote(version, heads_ref) for w in self.workers])
 
 
 class LearnerGroup:
@@ -195,17 +206,18 @@ class LearnerGroup:
         return Weights(version=version, model_ref=model_ref,
                        heads_ref=heads_ref if has_heads else None, full=not changed_only)
 
-    def connect_workers(self, workers: list, tp: int = 1) -> None:
-        """GPU: one NCCL group spanning learner rank 0 and every vLLM rank of the workers."""
+    def connect_workers(self, workers: list, backend: str, tp: int = 1) -> None:
+        """One broadcast group spanning learner rank 0 and every vLLM rank of the workers
+        (re-formed when called again)."""
         addr, port = ray.get(self.ranks[0].address.remote())
-        world_size = 1 + len(workers) * tp
-        self._all("connect_workers", addr, port, world_size, workers, tp)
+        self._all("connect_workers", backend, addr, port, 1 + len(workers) * tp, workers, tp)
 
-    def push_weights(self) -> Weights:
-        """GPU: broadcast the policy into every connected worker's engine; the heads (small) and
-        the version come back as Weights with no model_ref (the engines already hold it)."""
-        version, heads = self._all("push_weights")[0]
-        return Weights(version=version, model_ref=None, heads_ref=ray.put(heads))
+    def push_weights(self, version: int, changed_only: bool) -> Weights:
+        """Broadcast into every connected engine, which then reports `version`; the Weights
+        returned carry no model (the engines hold it) and the heads' ref when they were sent."""
+        heads_ref = self._all("push_weights", version, changed_only)[0]
+        return Weights(version=version, model_ref=None, heads_ref=heads_ref,
+                       full=not changed_only)
 
     def shutdown(self) -> None:
         try:

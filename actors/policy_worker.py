@@ -50,6 +50,7 @@ class PolicyWorker:
         self._sync = Gauge("weight_sync_seconds", "Seconds to load a weight version.",
                            tag_keys=("worker",)).set_default_tags(tags)
         self._window = (time.perf_counter(), 0)
+        self._transfer_joined = False
 
     def ready(self) -> dict:
         return {"worker": self.name, "weight_version": self.policy.weight_version,
@@ -89,23 +90,33 @@ class PolicyWorker:
         self._sync.set(seconds)
         return seconds
 
-    # ---- GPU weight sync (actors.learner.PolicyWorkersClient drives these) -----------
+    # ---- broadcast weight sync (actors.learner.PolicyWorkersClient drives these) -------
     async def init_weight_transfer_engine(self, init_info: dict) -> None:
+        """Joins a broadcast group, leaving the one this engine joined before (the group
+        re-forms when a worker restarted)."""
+        if self._transfer_joined:
+            try:
+                await self.policy.engine.rpc("shutdown_weight_transfer_engine")
+            except RuntimeError:  # a round that a dead peer broke left the update open
+                await self.policy.engine.finish_weight_update()
+                await self.policy.engine.rpc("shutdown_weight_transfer_engine")
+            self._transfer_joined = False
         await self.policy.engine.rpc("init_weight_transfer_engine", init_info)
+        self._transfer_joined = True
+
+    def transfer_joined(self) -> bool:
+        """False in a process that has not joined the current group (a restarted worker)."""
+        return self._transfer_joined
 
     async def start_weight_update(self) -> None:
-        await self.policy.engine.rpc("start_weight_update")
+        await self.policy.engine.start_weight_update()
 
     async def update_weights(self, update_info: dict) -> None:
         await self.policy.engine.rpc("update_weights", update_info)
 
-    async def finish_weight_update(self, weight_version: str | None = None) -> None:
-        await self.policy.engine.rpc("finish_weight_update")
-        if weight_version is not None:
-            self.policy.weight_version = int(weight_version)
-
-    async def shutdown_weight_transfer_engine(self) -> None:
-        await self.policy.engine.rpc("shutdown_weight_transfer_engine")
+    async def finish_weight_update(self, version: int,
+                                   heads_state: dict[str, torch.Tensor] | None) -> None:
+        await self.policy.finish_weight_update(version, heads_state)
 
     def _update_rate(self, tokens: int) -> None:
         start, count = self._window

@@ -52,13 +52,13 @@ def _async_runs(cfg) -> dict:
 
 
 def _fan_out(cfg) -> dict:
-    from actors.driver import _weights_from_export, open_session
-    from actors.rollout_pool import sync_weights
+    from actors.driver import open_session
+    from actors.rollout_pool import sync_weights, weights_from_export
 
     s = open_session(cfg)
     try:
         state = json.loads((Path(cfg.paths.workdir) / "job_state.json").read_text())
-        asyncio.run(sync_weights(s.pool, s.router, _weights_from_export(Path(state["sft_export"]))))
+        asyncio.run(sync_weights(s.pool, s.router, weights_from_export(Path(state["sft_export"]))))
         queries = s.corpus.queries("train")[:FAN_OUT_QUERIES]
         asyncio.run(s.pool.groups(queries[:4], FAN_OUT_G, seed=99))  # warm-up
         cpu, wall = time.process_time(), time.perf_counter()

@@ -69,6 +69,7 @@ def _sync(group, cfg, policy_dir) -> dict:
         timed[kind] = [statistics.median(x) for x in zip(*runs[1:], strict=True)]
         sizes[kind] = sum(t.numel() * t.element_size() for t in ray.get(w.model_ref).values())
     ray.kill(worker)
+    broadcast = _broadcast(group, cfg, policy_dir)
     a, b = _Bytes.remote(), _Bytes.remote()
     raw = []
     for _ in range(1 + SYNC_REPS):
@@ -82,7 +83,31 @@ def _sync(group, cfg, policy_dir) -> dict:
     return {"weight_bytes_full": sizes["full"], "sync_seconds_full": timed["full"][0],
             "weight_bytes": sizes["step"], "sync_seconds": total, "sync_export_seconds": export,
             "sync_vllm_reload_seconds": reload_s, "raw_copy_seconds": raw_s,
-            "sync_over_raw_copy": total / raw_s}
+            "sync_over_raw_copy": total / raw_s,
+            "sync_seconds_gloo_full": broadcast["full"], "sync_seconds_gloo": broadcast["step"],
+            "gloo_sync_over_raw_copy": broadcast["step"] / raw_s}
+
+
+def _broadcast(group, cfg, policy_dir) -> dict[str, float]:
+    """The broadcast transport on CPU (rollout.weight_transport=gloo): vLLM's weight-transfer
+    API from learner rank 0 into the engine, full and a step's changes, end to end."""
+    from actors.policy_worker import PolicyWorker
+
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout,
+                                                               weight_transport="gloo"))
+    worker = PolicyWorker.options(num_cpus=0.5).remote(cfg, str(policy_dir), "bench-gloo")
+    ray.get(worker.ready.remote())
+    group.connect_workers([worker], "gloo")
+    timed = {}
+    for kind, changed_only in (("full", False), ("step", True)):
+        runs = []
+        for v in range(1 + SYNC_REPS):
+            started = time.perf_counter()
+            group.push_weights(v + 1, changed_only)
+            runs.append(time.perf_counter() - started)
+        timed[kind] = statistics.median(runs[1:])
+    ray.kill(worker)
+    return timed
 
 
 def run(results: dict) -> dict:

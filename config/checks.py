@@ -63,6 +63,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "rollout.gpu_memory_utilization": within(0, 1, open_low=True),
     "rollout.kv_cache_gib": above(0),
     "rollout.block_size": optional(at_least(1)),
+    "rollout.weight_transport": one_of("auto", "object_store", "nccl", "gloo"),
     "video.fps": above(0),
     "corpus.synth.near_duplicate_fraction": within(0, 0.5),
     "corpus.synth.val_fraction": within(0, 1, open_high=True),

@@ -182,6 +182,10 @@ class RolloutConfig:
     # reuses whole blocks only, so a soft-token capture recomputes its sequence from the last
     # full block, and the G samples of a prompt share only its full blocks.
     block_size: int | None = None
+    # How GRPO's weights reach the engines: "object_store" (the learner's tensors through Ray's
+    # object store), "nccl" (vLLM's weight-transfer API, a broadcast from learner rank 0 into the
+    # engines' GPU memory), "gloo" (the same broadcast on CPU), "auto": nccl where CUDA is.
+    weight_transport: str = "auto"
 
 
 @dataclass

@@ -189,9 +189,12 @@ class Learner:
         """(version, policy tensors by HF name, heads tensors); tensors on rank 0 only. With
         `changed_only`, only what this stage trains (frozen tensors equal the last full
         export's: the vision tower, and in GRPO without the latent policy the heads)."""
-        only = weights.trainable_names(self.engine.module) if changed_only else None
-        policy_state, heads = weights.full_state(self.engine, policy, only)
+        policy_state, heads = weights.full_state(self.engine, policy, self.sent_names(changed_only))
         return self.version, policy_state, heads
+
+    def sent_names(self, changed_only: bool) -> set[str] | None:
+        """The state names a sync sends: None (all), or those this stage trains."""
+        return weights.trainable_names(self.engine.module) if changed_only else None
 
     def close(self) -> None:
         for engine in (self.engine, self.ref):

@@ -35,7 +35,7 @@ def gathered(engine, names: list[str] | None = None) -> Iterator[tuple[str, torc
     module = engine.module
     params = dict(module.named_parameters())
     state = module.state_dict(keep_vars=True)
-    for name in names or list(state):
+    for name in list(state) if names is None else names:
         tensor = state[name]
         if _zero3(engine) and name in params:
             with deepspeed.zero.GatheredParameters([params[name]], modifier_rank=None):

@@ -53,13 +53,25 @@ def _forced_tail(ids: list[int], logprobs: list[float], finish: str | None, spec
     return ids, logprobs, finish, False
 
 
-def _gpu_weight_transfer() -> dict:
-    """On GPU the learner broadcasts weights over NCCL with vLLM's weight-transfer API."""
-    if not torch.cuda.is_available():
+def broadcast_backend(rollout: RolloutConfig) -> str | None:
+    """The collective backend GRPO's weights arrive by (nccl, gloo), None for the object store."""
+    transport = rollout.weight_transport
+    if transport == "auto":
+        transport = "nccl" if torch.cuda.is_available() else "object_store"
+    return None if transport == "object_store" else transport
+
+
+def _weight_transfer(rollout: RolloutConfig) -> dict:
+    """vLLM's weight-transfer engine for a collective backend (learner.weight_transfer registers
+    gloo on import)."""
+    backend = broadcast_backend(rollout)
+    if backend is None:
         return {}
     from vllm.config import WeightTransferConfig
 
-    return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
+    import learner.weight_transfer  # noqa: F401
+
+    return {"weight_transfer_config": WeightTransferConfig(backend=backend)}
 
 
 class _KnownNoise(logging.Filter):
@@ -114,7 +126,7 @@ def _make_engine(model_dir: str, rollout: RolloutConfig, dtype: str, seed: int):
         worker_extension_cls=SOFT_CAPTURE_EXTENSION,
         logits_processors=[SLOT_FORCING],
         logprobs_mode="processed_logprobs",
-        **_gpu_weight_transfer(),
+        **_weight_transfer(rollout),
     )
     return LLMEngine.from_engine_args(args)
 
@@ -133,6 +145,7 @@ class PolicyEngine:
         self._inbox: queue.Queue = queue.Queue()
         self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._closed = False
+        self._paused = False  # a broadcast round is open: its layers are being replaced
         self.error: RuntimeError | None = None
         self._thread = threading.Thread(target=self._loop, name="vllm-step", daemon=True)
         self._thread.start()
@@ -140,8 +153,9 @@ class PolicyEngine:
     # ---- the stepping thread -------------------------------------------------------
     def _loop(self) -> None:
         while not self._closed:
-            try:  # block only while the engine has nothing to step
-                item = self._inbox.get(block=not self.engine.has_unfinished_requests())
+            try:  # block only while the engine has nothing to step (or may not step)
+                item = self._inbox.get(
+                    block=self._paused or not self.engine.has_unfinished_requests())
             except queue.Empty:
                 item = None
             if item is not None:
@@ -283,6 +297,29 @@ class PolicyEngine:
     async def rpc(self, method: str, *args):
         """A worker method (e.g. vLLM's weight-transfer calls), run between engine steps."""
         return await self._call(lambda: self.engine.collective_rpc(method, args=args))
+
+    async def start_weight_update(self) -> None:
+        """Opens a broadcast round. vLLM's layerwise reload takes each layer apart until the
+        round finishes, so the engine takes no step until then (requests wait, as they do
+        for `load_weights`, which runs whole between two steps)."""
+        def _start() -> None:
+            self.engine.collective_rpc("start_weight_update")
+            self._paused = True
+
+        await self._call(_start)
+
+    async def finish_weight_update(self) -> None:
+        """Ends a broadcast round (vLLM finalises the layerwise reload), drops what the old
+        weights computed, as `load_weights` does, and lets the engine step again."""
+        def _finish() -> None:
+            try:
+                self.engine.collective_rpc("finish_weight_update")
+                self.engine.reset_prefix_cache()
+                self.engine.reset_encoder_cache()
+            finally:
+                self._paused = False
+
+        await self._call(_finish)
 
     def shutdown(self) -> None:
         """Stop the stepping thread, then the engine core and vLLM's process group (which a

@@ -83,5 +83,14 @@ class LocalPolicy:
         self.weight_version = version
         return seconds
 
+    async def finish_weight_update(self, version: int,
+                                   heads_state: dict[str, torch.Tensor] | None = None) -> None:
+        """The end of a broadcast round: the engine holds the new tensors; the heads (not part
+        of the vLLM model) come beside them."""
+        await self.engine.finish_weight_update()
+        if heads_state is not None:
+            self.heads.load_state_dict(heads_state)
+        self.weight_version = version
+
     def shutdown(self) -> None:
         self.engine.shutdown()

@@ -145,11 +145,12 @@ def test_an_eval_run_evaluates_the_trained_policy_beside_the_training_results(sh
 def test_a_killed_worker_and_shard_lose_no_episode(short_cfg, first_run):
     """Kill the PolicyWorker process (its agent loops with it) and an index shard mid-step:
     every (query, sample) comes back exactly once and the restarted worker holds the current weights."""
-    from actors.driver import _weights_from_export, open_session
+    from actors.driver import open_session
+    from actors.rollout_pool import weights_from_export
 
     s = open_session(short_cfg)
     state = json.loads(open(f"{short_cfg.paths.workdir}/job_state.json").read())
-    asyncio.run(s.pool.sync(_weights_from_export(Path(state["sft_export"]))))
+    asyncio.run(s.pool.sync(weights_from_export(Path(state["sft_export"]))))
     worker = s.pool.workers[0]
     pid = ray.get(worker.pid.remote())
     shard = ray.get(s.router.shard_handles.remote())[0]
@@ -265,6 +266,42 @@ def test_async_grpo_trains_one_version_behind_and_resumes(short_cfg, first_run, 
     run(replace(cfg, train=replace(cfg.train, grpo_steps=4)), stages="grpo", resume=True)
     assert [h["step"] for h in _history(work)] == [3]
     assert json.loads((work / "job_state.json").read_text())["grpo_step"] == 4
+
+
+def test_grpo_over_the_gloo_broadcast_heals_a_killed_worker(short_cfg, first_run, tmp_path):
+    """rollout.weight_transport=gloo (the nccl path's plumbing on CPU), k = 1: the weights reach
+    the engine by vLLM's weight-transfer API every step, and a PolicyWorker killed during the
+    loop rejoins a re-formed group holding the current version (no episode stale or lost)."""
+    import threading
+
+    from actors.driver import run
+
+    work = _grpo_workdir(short_cfg, tmp_path)
+    cfg = replace(short_cfg, paths=replace(short_cfg.paths, workdir=str(work)),
+                  train=replace(short_cfg.train, grpo_steps=6, max_staleness=1),
+                  rollout=replace(short_cfg.rollout, weight_transport="gloo"))
+    stop, killed = threading.Event(), []
+
+    def kill_once():
+        while not any((work / "rollouts").glob("*.parquet")):
+            if stop.wait(0.5):
+                return
+        if not stop.wait(0.5) and (pid := _newest_pid("ray::PolicyWorker")):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_once, daemon=True)
+    killer.start()
+    try:
+        run(cfg, stages="grpo")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed
+    history = _history(work)
+    assert [h["step"] for h in history] == list(range(6))
+    assert all(h["staleness"] <= 1 and h["stale_episodes_dropped"] == 0 for h in history)
+    _each_episode_once(work, cfg)
 
 
 def _newest_pid(title: str) -> int | None:

@@ -74,7 +74,8 @@ def test_paths_are_absolute_and_models_cached_per_user(monkeypatch, tmp_path):
     ("learner.zero_stage=7", "one of 0, 1, 2, 3"), ("retrieval.num_shards=0", ">= 1"),
     ("train.grpo_video_fraction=1.5", "[0, 1)"), ("rollout.gpu_memory_utilization=5", "(0, 1]"),
     ("retrieval.serve_port=99999", "[1, 65535]"), ("retrieval.serve_port=0", "[1, 65535]"),
-    ("model.dtype=bogus", "one of float32"), ("learner.lr=-1", "> 0"),
+    ("model.dtype=bogus", "one of float32"),
+    ("rollout.weight_transport=tcp", "one of auto, object_store, nccl, gloo"), ("learner.lr=-1", "> 0"),
     ("train.max_query_draws=0", ">= 1"), ("corpus.synth.test_fraction=1", "[0, 1)"),
     ("rollout.block_size=0", "null or >= 1"), ("learner.grpo_lr=inf", "null or > 0"),
 ])

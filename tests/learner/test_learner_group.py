@@ -205,3 +205,52 @@ def test_sft_learning_rate_warms_up_then_decays_to_its_floor(group, learner_cfg,
     assert lrs[:peak + 1] == sorted(lrs[:peak + 1])  # warm-up
     assert lrs[peak:] == sorted(lrs[peak:], reverse=True)  # cosine decay
     assert lrs[-1] < 2 * lcfg.sft_min_lr_ratio * lcfg.lr
+
+
+@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=pytest.mark.gpu)])
+def test_broadcast_makes_vllm_greedy_equal_the_object_store_path(
+        group, learner_cfg, model_dirs, processor, grpo_turns, grpo_samples, backend):
+    """The broadcast transport's whole path (vLLM's weight-transfer API; gloo is the nccl
+    protocol on CPU): after a GRPO step and a changed-only round, the engine reports the
+    round's version and its greedy turn equals the object-store path's; a worker that joins a
+    re-formed group takes a full round."""
+    import ray
+
+    from actors.policy_worker import PolicyWorker
+
+    cfg = _cfg(learner_cfg, lr=1e-2)
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(
+        cfg.rollout, max_model_len=1024, weight_transport=backend,
+        sampling=dataclasses.replace(cfg.rollout.sampling, max_tokens=12)))
+    turn = grpo_turns[0]
+    workers = [PolicyWorker.options(num_cpus=0.5).remote(cfg, str(model_dirs[0]), f"g{i}")
+               for i in range(2)]
+    try:
+        ray.get([w.ready.remote() for w in workers])
+        group.build("grpo", model_dirs[0], cfg=cfg)
+        group.connect_workers(workers[:1], backend)
+        assert ray.get([w.transfer_joined.remote() for w in workers]) == [True, False]
+        group.grpo_step(grpo_samples)
+        w = group.push_weights(7, changed_only=True)
+        assert w.model_ref is None and w.heads_ref is None and not w.full
+        assert ray.get(workers[0].weight_version.remote()) == 7
+        got = ray.get(workers[0].generate.remote(turn.query_text, turn.video_path, None, True))
+        assert got.weight_version == 7
+
+        # the same weights through the object store into the second worker
+        full = group.export_weights()
+        ray.get(workers[1].load_weights.remote(1, full.model_ref, full.heads_ref))
+        want = ray.get(workers[1].generate.remote(turn.query_text, turn.video_path, None, True))
+        assert got.response_ids == want.response_ids
+
+        # re-formed with both: a full round, heads included, reaches the newcomer too
+        group.connect_workers(workers, backend)
+        w = group.push_weights(8, changed_only=False)
+        assert w.heads_ref is not None and w.full
+        assert ray.get([x.weight_version.remote() for x in workers]) == [8, 8]
+        again = ray.get([x.generate.remote(turn.query_text, turn.video_path, None, True)
+                         for x in workers])
+        assert [a.response_ids for a in again] == [want.response_ids] * 2
+    finally:
+        for x in workers:
+            ray.kill(x)

@@ -84,6 +84,8 @@ def test_the_latent_policy_trains_the_heads_and_leaves_the_token_loss(process_gr
             before = {k: v.clone() for k, v in heads.state_dict().items()}
             metrics = learner.grpo_step(samples_of(turns, False))
             moved = any(not torch.equal(before[k], v) for k, v in heads.state_dict().items())
+            _, policy_sent, heads_sent = learner.export_weights(policy=False, changed_only=True)
+            assert policy_sent == {} and bool(heads_sent) == (sigma > 0)  # a broadcast's heads
             results.append((metrics, moved))
         finally:
             learner.close()
