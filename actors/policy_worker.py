@@ -51,6 +51,7 @@ class PolicyWorker:
                            tag_keys=("worker",)).set_default_tags(tags)
         self._window = (time.perf_counter(), 0)
         self._transfer_joined = False
+        self._round_started = time.perf_counter()
 
     def ready(self) -> dict:
         return {"worker": self.name, "weight_version": self.policy.weight_version,
@@ -109,6 +110,7 @@ class PolicyWorker:
         return self._transfer_joined
 
     async def start_weight_update(self) -> None:
+        self._round_started = time.perf_counter()
         await self.policy.engine.start_weight_update()
 
     async def update_weights(self, update_info: dict) -> None:
@@ -117,6 +119,7 @@ class PolicyWorker:
     async def finish_weight_update(self, version: int,
                                    heads_state: dict[str, torch.Tensor] | None) -> None:
         await self.policy.finish_weight_update(version, heads_state)
+        self._sync.set(time.perf_counter() - self._round_started)  # the round, start to finish
 
     def _update_rate(self, tokens: int) -> None:
         start, count = self._window
