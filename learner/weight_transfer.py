@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar
 
@@ -31,6 +31,7 @@ from vllm.distributed.weight_transfer.factory import (
     WeightTransferEngineFactory,
     WeightTransferTrainerFactory,
 )
+from vllm.distributed.weight_transfer.nccl_common import worker_init_payload
 from vllm.distributed.weight_transfer.nccl_engine import (
     NCCLTrainerInitInfo,
     NCCLTrainerWeightTransferEngine,
@@ -108,7 +109,7 @@ class GlooTrainerWeightTransferEngine(NCCLTrainerWeightTransferEngine):
         # The workers block in the rendezvous until rank 0 joins: both at once.
         with ThreadPoolExecutor(max_workers=1) as pool:
             joined = pool.submit(client.init_weight_transfer_engine,
-                                 {k: v for k, v in asdict(worker_info).items() if v is not None})
+                                 worker_init_payload(worker_info))
             engine.model_update_group = GlooGroup(init_info.master_address,
                                                   init_info.master_port, 0, init_info.world_size)
             joined.result()
@@ -125,6 +126,7 @@ class GlooTrainerWeightTransferEngine(NCCLTrainerWeightTransferEngine):
 
 WeightTransferEngineFactory.register_engine(GLOO, GlooWeightTransferEngine)
 WeightTransferTrainerFactory.register_engine(GLOO, GlooTrainerWeightTransferEngine)
+TRAINER_INIT_INFO = {c.backend: c for c in (NCCLTrainerInitInfo, GlooTrainerInitInfo)}
 
 
 class ZeroPolicySource(WeightSource):
@@ -155,8 +157,8 @@ def trainer_engine(backend: str, engine, rank: int, addr: str, port: int, world_
                    client):
     """Called on every learner rank; rank 0 rendezvouses with the workers (world_size =
     1 + all their vLLM ranks) and later sends. `backend`: nccl or gloo."""
-    info_cls = {GLOO: GlooTrainerInitInfo, "nccl": NCCLTrainerInitInfo}[backend]
-    info = info_cls(master_address=addr, master_port=port, world_size=world_size, rank=rank)
+    info = TRAINER_INIT_INFO[backend](master_address=addr, master_port=port,
+                                      world_size=world_size, rank=rank)
     return WeightTransferTrainerFactory.trainer_init(info, client=client,
                                                      source=ZeroPolicySource(engine))
 

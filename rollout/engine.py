@@ -287,12 +287,16 @@ class PolicyEngine:
         def _reload() -> float:
             started = time.perf_counter()
             self.engine.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors)})
-            self.engine.reset_prefix_cache()
-            # reload clears the worker's encoder cache; the scheduler must forget it too
-            self.engine.reset_encoder_cache()
+            self._forget_old_weights()
             return time.perf_counter() - started
 
         return await self._call(_reload)
+
+    def _forget_old_weights(self) -> None:
+        """After new weights: cached prefixes were computed by the old ones, and a reload clears
+        the worker's encoder cache, which the scheduler must forget too (engine thread only)."""
+        self.engine.reset_prefix_cache()
+        self.engine.reset_encoder_cache()
 
     async def rpc(self, method: str, *args):
         """A worker method (e.g. vLLM's weight-transfer calls), run between engine steps."""
@@ -309,13 +313,12 @@ class PolicyEngine:
         await self._call(_start)
 
     async def finish_weight_update(self) -> None:
-        """Ends a broadcast round (vLLM finalises the layerwise reload), drops what the old
-        weights computed, as `load_weights` does, and lets the engine step again."""
+        """Ends a broadcast round (vLLM finalises the layerwise reload), forgets what the old
+        weights computed, and lets the engine step again."""
         def _finish() -> None:
             try:
                 self.engine.collective_rpc("finish_weight_update")
-                self.engine.reset_prefix_cache()
-                self.engine.reset_encoder_cache()
+                self._forget_old_weights()
             finally:
                 self._paused = False
 

@@ -78,9 +78,7 @@ class LocalPolicy:
     async def load_weights(self, version: int, model_state: dict[str, torch.Tensor],
                            heads_state: dict[str, torch.Tensor] | None = None) -> float:
         seconds = await self.engine.load_weights(model_state.items())
-        if heads_state is not None:
-            self.heads.load_state_dict(heads_state)
-        self.weight_version = version
+        self._now_at(version, heads_state)
         return seconds
 
     async def finish_weight_update(self, version: int,
@@ -88,6 +86,10 @@ class LocalPolicy:
         """The end of a broadcast round: the engine holds the new tensors; the heads (not part
         of the vLLM model) come beside them."""
         await self.engine.finish_weight_update()
+        self._now_at(version, heads_state)
+
+    def _now_at(self, version: int, heads_state: dict[str, torch.Tensor] | None) -> None:
+        """The engine holds `version`; the heads (not part of the vLLM model) follow it."""
         if heads_state is not None:
             self.heads.load_state_dict(heads_state)
         self.weight_version = version
