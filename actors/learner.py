@@ -166,7 +166,7 @@ class LearnerGroup:
               ds_overrides: dict | None = None) -> None:
         """(Re)create every rank's learner for a stage; defaults: the config's models."""
         cfg = cfg or self.cfg
-        if policy_dir is None or (stage == "sft" and embedder_dir is None):
+        if policy_dir is None or embedder_dir is None:
             default_policy, default_embedder = model_dirs(cfg)
             policy_dir = policy_dir or default_policy
             embedder_dir = embedder_dir or default_embedder

@@ -49,6 +49,9 @@ class IndexShardActor:
     def score(self, vecs: np.ndarray, video_ids: list[list[str]]) -> np.ndarray:
         return self.shard.score(vecs, video_ids)
 
+    def vectors(self, video_ids: list[str]) -> np.ndarray:
+        return self.shard.vectors(video_ids)
+
 
 class StaleHeadsError(RuntimeError):
     """The encoder's SQR heads are not the router's latest (it restarted since the last sync)."""
@@ -225,15 +228,30 @@ class RetrievalRouter:
         if len(video_ids) != len(vecs) or len({len(row) for row in video_ids}) > 1:
             raise ValueError("video_ids must be B lists of equal length K")
         ref = ray.put(vecs)
-        parts = await asyncio.gather(*[s.score.remote(ref, video_ids) for s in self.shards])
-        out = np.full((len(vecs), len(video_ids[0]) if video_ids else 0), np.nan, np.float32)
-        for part in parts:
-            out = np.where(np.isnan(out), part, out)
-        if np.isnan(out).any():
-            unknown = sorted({video_ids[b][j] for b, j in zip(*np.nonzero(np.isnan(out)), strict=True)})
-            raise KeyError(f"unknown video ids: {unknown[:10]}")
+        out = _merged(await asyncio.gather(*[s.score.remote(ref, video_ids) for s in self.shards]),
+                      lambda b, j: video_ids[b][j])
         self._observe("score", start)
         return out
+
+    async def vectors(self, video_ids: list[str]) -> np.ndarray:
+        """[K, D] the index's vectors of the given videos (the learner's InfoNCE in GRPO)."""
+        start = time.perf_counter()
+        out = _merged(await asyncio.gather(*[s.vectors.remote(video_ids) for s in self.shards]),
+                      lambda j, _: video_ids[j])
+        self._observe("vectors", start)
+        return out
+
+
+def _merged(parts: list[np.ndarray], id_at) -> np.ndarray:
+    """The shards' answers (NaN where an id is another shard's) as one; KeyError naming the
+    ids no shard holds (`id_at(i, j)` is the id at a NaN cell)."""
+    out = parts[0]
+    for part in parts[1:]:
+        out = np.where(np.isnan(out), part, out)
+    if np.isnan(out).any():
+        unknown = sorted({id_at(i, j) for i, j in zip(*np.nonzero(np.isnan(out)), strict=True)})
+        raise KeyError(f"unknown video ids: {unknown[:10]}")
+    return out
 
 
 def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float = 0.0):
@@ -270,3 +288,6 @@ class RouterClient:
 
     async def score(self, vector: np.ndarray, video_ids: list[str]) -> list[float]:
         return (await self.router.score.remote(np.asarray(vector)[None], [video_ids]))[0].tolist()
+
+    async def vectors(self, video_ids: list[str]) -> np.ndarray:
+        return await self.router.vectors.remote(video_ids)

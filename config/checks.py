@@ -76,6 +76,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "sqr.latent_sigma": at_least(0),
     "sqr.latent_loss_weight": at_least(0),
     "sqr.latent_clip_eps": at_least(0),
+    "sqr.latent_infonce_lambda": at_least(0),
     "learner.sft_warmup_fraction": within(0, 1),
     "learner.sft_min_lr_ratio": within(0, 1),
     "learner.weight_decay": at_least(0),

@@ -152,6 +152,9 @@ class SQRConfig:
     latent_sigma: float = 0.0
     latent_loss_weight: float = 1.0
     latent_clip_eps: float = 0.2
+    # lambda x InfoNCE of the refined query (the mean's, as in SFT) added to GRPO's loss under
+    # the latent policy: the heads keep a dense retrieval signal beside the reward's.
+    latent_infonce_lambda: float = 0.3
 
 
 @dataclass

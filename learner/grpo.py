@@ -22,6 +22,7 @@ from learner.losses import (
     latent_policy_loss,
     logprob_mismatch,
     policy_loss,
+    refined_query_infonce,
     token_logprobs,
 )
 from learner.sample import Sample
@@ -57,6 +58,10 @@ def grpo_rows(samples: list[Sample], videos: VideoInputs,
             row.ids, row.mask, row.num_slots = row.ids + [slot] * n, row.mask + [0] * n, n
             if s.latent_action is not None:
                 row.latent_action, row.latent_weight = np.asarray(s.latent_action, np.float32), 1.0
+            if s.refined_vectors:  # the refined query's InfoNCE targets: ground truth, negatives
+                vectors = np.asarray(s.refined_vectors, np.float32)
+                row.query, row.positive, row.negatives = s.query_text, vectors[0], vectors[1:]
+                row.nce_weight = 1.0
         rows.append(row)
     return rows
 
@@ -83,24 +88,31 @@ class GRPOLoss:
 
     With the latent policy (`sqr.latent_sigma` > 0) the same forward also gives each row's
     soft-token mean at its slots; the refined rows add `latent_loss_weight` x PPO-clip on their
-    action's Gaussian density ratio, a share of the mini-batch's mean over refined rows."""
+    action's Gaussian density ratio, a share of the mini-batch's mean over refined rows, and,
+    given `encode` (learner.sft.embedder_encode), `latent_infonce_lambda` x the InfoNCE of the
+    query refined with the mean (as SFT's), over the same rows."""
 
     def __init__(self, lcfg: LearnerConfig, ref: torch.nn.Module | None, temperature: float = 1.0,
-                 top_p: float = 1.0, sqr: SQRConfig | None = None):
+                 top_p: float = 1.0, sqr: SQRConfig | None = None, encode: Callable | None = None):
         if temperature <= 0:
             raise ValueError(f"GRPO needs a sampling temperature > 0, got {temperature}")
         self.lcfg, self.ref, self.temperature, self.top_p = lcfg, ref, temperature, top_p
         self.sqr = sqr if sqr is not None and sqr.latent_sigma > 0 else None
+        self.encode = encode if self.sqr is not None and self.sqr.latent_infonce_lambda > 0 else None
         self.old: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def logprobs(self, model: Callable, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(token log-probs [B, S-1], the actions' latent log-densities [B] or None)."""
-        logits, _, mean = model(**batch.inputs)
+        return self._forward(model, batch)[:2]
+
+    def _forward(self, model: Callable, batch: Batch):
+        """logprobs' pair and the mean's soft tokens in the embedder's input space (or None)."""
+        logits, soft, mean = model(**batch.inputs)
         latent = None
         if self.sqr is not None:
             actions = batch.latent_actions(tuple(mean.shape[1:]), mean.device)
             latent = gaussian_logprob(actions, mean.float(), self.sqr.latent_sigma)
-        return self._sampled_logprobs(logits, batch), latent
+        return self._sampled_logprobs(logits, batch), latent, soft
 
     def _sampled_logprobs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return token_logprobs(logits[:, :-1] / self.temperature, batch.labels, self.top_p)
@@ -108,7 +120,7 @@ class GRPOLoss:
     def __call__(self, model: Callable, batch: Batch, key: tuple[int, int],
                  norm: tuple[float, float], stats: Stats) -> torch.Tensor:
         c = self.lcfg
-        lp, latent = self.logprobs(model, batch)
+        lp, latent, soft = self._forward(model, batch)
         old, old_latent = self.old.pop(key, (None, None))
         old = lp.detach() if old is None else old
         ref_lp = None
@@ -137,7 +149,16 @@ class GRPOLoss:
         total = loss * (count / max(norm[0], 1.0))
         if latent is not None:
             total = total + self._latent(batch, latent, old_latent, norm[1], stats)
+        if self.encode is not None:
+            total = total + self._infonce(batch, soft, norm[1], stats)
         return total
+
+    def _infonce(self, batch: Batch, soft: torch.Tensor, norm: float, stats: Stats) -> torch.Tensor:
+        per_row, weights = refined_query_infonce(self.encode, batch, soft, self.lcfg.infonce_tau)
+        rows = float(weights.sum())
+        # added on every rank (a collective reduces the names): weight 0 where no row refined
+        stats.add("infonce", (per_row.detach() * weights).sum().item() / max(rows, 1.0), rows)
+        return self.sqr.latent_infonce_lambda * (per_row * weights).sum() / max(norm, 1.0)
 
     def _latent(self, batch: Batch, latent: torch.Tensor, old: torch.Tensor | None,
                 norm: float, stats: Stats) -> torch.Tensor:

@@ -25,7 +25,7 @@ from learner.grpo import GRPOLoss, grpo_rows, normaliser, warn_mismatch
 from learner.module import PolicyWithHeads, set_trainable
 from learner.sample import Sample
 from learner.schedule import plan
-from learner.sft import SFTLoss, normalisers, sft_rows
+from learner.sft import SFTLoss, embedder_encode, normalisers, sft_rows
 from learner.sft_data import SFTExample
 from learner.shared_prefix import allow_checkpointing
 from learner.stats import Stats
@@ -42,8 +42,12 @@ class Learner:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if not dist.is_initialized():
             raise RuntimeError("join the learner process group first (learner.engine.init_distributed)")
-        if stage == "sft" and embedder_dir is None:
-            raise ValueError("the SFT stage needs the embedder (InfoNCE runs through it)")
+        # the heads train in SFT, and in GRPO under the latent policy; InfoNCE runs through the
+        # frozen embedder in SFT, and in GRPO under the latent policy unless its lambda is 0
+        latent = stage == "grpo" and cfg.sqr.latent_sigma > 0
+        needs_embedder = stage == "sft" or (latent and cfg.sqr.latent_infonce_lambda > 0)
+        if needs_embedder and embedder_dir is None:
+            raise ValueError(f"the {stage} stage needs the embedder (InfoNCE runs through it)")
         self.cfg, self.stage = cfg, stage
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = device()
@@ -55,8 +59,6 @@ class Learner:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             allow_checkpointing(model)
         module = PolicyWithHeads(model, heads)
-        # the heads train in SFT, and in GRPO under the latent policy
-        latent = stage == "grpo" and cfg.sqr.latent_sigma > 0
         set_trainable(module, heads=stage == "sft" or latent, vision=cfg.learner.train_vision_tower)
         lcfg = cfg.learner
         self.engine = build_engine(module, lcfg, self.world, ds_overrides)
@@ -66,7 +68,7 @@ class Learner:
             self.ref = build_reference(load_policy(policy_dir, ref_dtype)[0], lcfg, self.world,
                                        ds_overrides)
         self.embedder = None
-        if stage == "sft":
+        if needs_embedder:
             from retrieval_service.embedder import Embedder
 
             self.embedder = Embedder(embedder_dir, None, cfg.model.dtype,
@@ -90,7 +92,8 @@ class Learner:
         slots = (self.slot_id, sqr.num_tokens) if sqr.latent_sigma > 0 else None
         rows = grpo_rows(samples, self.videos, slots, policy_version)
         sampling = self.cfg.rollout.sampling
-        loss = GRPOLoss(lcfg, self.ref, sampling.temperature, sampling.top_p, sqr)
+        loss = GRPOLoss(lcfg, self.ref, sampling.temperature, sampling.top_p, sqr,
+                        None if self.embedder is None else embedder_encode(self.embedder))
         self._old_logprobs(rows, loss)
         stats = self._train(rows, loss, lambda mb: (normaliser(mb, lcfg.loss_aggregation),
                                                     sum(r.latent_weight * r.weight for r in mb)))

@@ -185,6 +185,20 @@ def info_nce(query: Tensor, positives: Tensor, negatives: Tensor, tau: float = 0
     return info_nce_from_scores((q * p).sum(-1), torch.einsum("bd,bkd->bk", q, n), tau)
 
 
+def refined_query_infonce(encode, batch, soft: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """(per-row InfoNCE [n], weights [n]) of the rows of `batch` with an InfoNCE target: each
+    row's query encoded with its soft tokens `soft` [B, N, D_emb] (already in the embedder's
+    input space) by `encode(texts, soft)`, against its ground truth and negatives. One row at a
+    time through info_nce, so a row's value does not depend on its neighbours."""
+    index, queries, pos, neg, weights = batch.nce_inputs(soft.device)
+    if not index:
+        return soft.new_zeros(0), weights
+    q = encode(queries, soft[index])
+    per_row = torch.stack([info_nce(q[i:i + 1], pos[i:i + 1], neg[i:i + 1], tau)
+                           for i in range(len(index))])
+    return per_row, weights
+
+
 def sft_loss(ce: Tensor, nce: Tensor, lam: float) -> Tensor:
     """SFT objective: language-model CE plus lam times the retrieval InfoNCE on the query latents."""
     return ce + lam * nce

@@ -20,6 +20,10 @@ class Sample:
     frame_times: list[float]
     weight_version: int  # the policy version that generated the turn
     latent_action: list[list[float]] | None = None  # [N, D] a sampled soft-token action
+    # InfoNCE of the refined query in GRPO: the query text and the index's vectors of the
+    # ground truth then its negatives [1 + K, D_emb]; None where the turn did not refine
+    query_text: str = ""
+    refined_vectors: list[list[float]] | None = None
     episode_id: str = ""  # for log lines only
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 from config.schema import LearnerConfig
 from learner.batch import Batch, Row, VideoInputs
-from learner.losses import info_nce, sft_loss, sft_token_loss
+from learner.losses import refined_query_infonce, sft_loss, sft_token_loss
 from learner.sft_data import SFTExample
 from learner.stats import Stats
 from models.prompts import hf_turn_inputs
@@ -40,6 +40,12 @@ def sft_rows(examples: list[SFTExample], processor, videos: VideoInputs,
     return rows
 
 
+def embedder_encode(embedder):
+    """(texts, soft tokens already in the embedder's input space) -> query vectors, with the
+    gradient flowing back into the soft tokens (the embedder itself is frozen)."""
+    return lambda texts, soft: embedder.encode_queries(texts, soft, projector=nn.Identity())
+
+
 def normalisers(rows: list[Row]) -> tuple[float, float]:
     """(assistant tokens, InfoNCE rows) of a whole mini-batch."""
     return (float(sum(sum(r.mask[1:]) * r.weight for r in rows)),
@@ -50,17 +56,15 @@ class SFTLoss:
     """Callable per micro-batch: its share of the mini-batch's global means (like GRPOLoss)."""
 
     def __init__(self, lcfg: LearnerConfig, embedder):
-        self.lcfg, self.embedder = lcfg, embedder
+        self.lcfg = lcfg
+        self.encode = embedder_encode(embedder)
 
     def __call__(self, model: Callable, batch: Batch, key, norms: tuple[float, float],
                  stats: Stats) -> torch.Tensor:
         logits, soft, _ = model(**batch.inputs)
         tokens = batch.mask.sum()
         ce_sum = sft_token_loss(logits[:, :-1], batch.labels, batch.mask) * tokens
-        queries, pos, neg, weights = batch.nce_inputs(soft.device)
-        q = self.embedder.encode_queries(queries, soft, projector=nn.Identity())
-        per_row = torch.stack([info_nce(q[i:i + 1], pos[i:i + 1], neg[i:i + 1],
-                                        self.lcfg.infonce_tau) for i in range(len(queries))])
+        per_row, weights = refined_query_infonce(self.encode, batch, soft, self.lcfg.infonce_tau)
         nce_sum = (per_row * weights).sum()
         n_tok, n_nce = max(norms[0], 1.0), max(norms[1], 1.0)
         stats.add("ce", (ce_sum / tokens.clamp(min=1)).item(), float(tokens))

@@ -51,6 +51,7 @@ class PolicyClient(Protocol):
 class RetrieverClient(Protocol):
     async def search(self, text: str, soft_tokens: np.ndarray | None, k: int) -> SearchResult: ...
     async def score(self, vector: np.ndarray, video_ids: list[str]) -> list[float]: ...
+    async def vectors(self, video_ids: list[str]) -> np.ndarray: ...
 
 
 def _unseen(result: SearchResult, rejected: list[str], k: int) -> SearchResult:
@@ -129,6 +130,9 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
             improvement=base is not None))
         turn.soft_tokens = [] if soft is None else soft.tolist()
         turn.refined_scores = [float(s) for s in scores]
+        if turn.latent_mean and cfg.sqr.latent_infonce_lambda > 0:
+            turn.refined_vectors = np.asarray(
+                await retriever.vectors([query.video_id] + negatives), np.float32).tolist()
         scored.append(_set_rewards(turn, parts, cfg))
         result = refined
     turns[-1].is_final = True

@@ -51,6 +51,7 @@ class Group:
                        video_path=t.video_path or None, frame_times=t.frame_times,
                        weight_version=t.weight_version,
                        latent_action=t.soft_tokens if t.latent_mean else None,
+                       query_text=t.query_text, refined_vectors=t.refined_vectors or None,
                        episode_id=t.episode_id)
                 for episode, adv in zip(self.episodes, self.advantages, strict=True)
                 for t in episode]

@@ -50,6 +50,9 @@ class Turn:
     latent_mean: list[list[float]] = column(pa.list_(pa.list_(pa.float32())), [])
     latent_logprob: float | None = column(pa.float64(), None)
     refined_scores: list[float] = column(pa.list_(pa.float32()), [])  # [pos, negs...] refined
+    # The index's vectors of those videos, kept when GRPO trains the refined query with InfoNCE
+    # (sqr.latent_infonce_lambda > 0 under the latent policy), else empty.
+    refined_vectors: list[list[float]] = column(pa.list_(pa.list_(pa.float32())), [])
     # One per rollout.rewards.REWARD_PARTS, weighted; found is 1.0 when the turn accepted the
     # ground-truth video.
     reward_format: float = column(pa.float64(), 0.0)

@@ -66,31 +66,40 @@ def test_sft_eval_measures_without_changing_what_training_does(process_group, le
 def test_the_latent_policy_trains_the_heads_and_leaves_the_token_loss(process_group, learner_cfg,
                                                                      model_dirs, grpo_turns):
     """sigma > 0: the refined turns' soft-token actions add the latent PPO term, the heads
-    train; the token loss is the same as without it (the slots follow the response)."""
+    train; the token loss is the same as without it (the slots follow the response). With
+    lambda > 0 the refined turns' InfoNCE through the frozen embedder is logged and moves the
+    heads another way."""
     from rollout.group import samples_of
 
     results = []
-    for sigma in (0.0, 0.05):
-        cfg = dataclasses.replace(learner_cfg, sqr=dataclasses.replace(learner_cfg.sqr,
-                                                                        latent_sigma=sigma))
-        learner = Learner(cfg, "grpo", model_dirs[0])
+    for sigma, lam in ((0.0, 0.0), (0.05, 0.0), (0.05, 0.3)):
+        cfg = dataclasses.replace(learner_cfg, sqr=dataclasses.replace(
+            learner_cfg.sqr, latent_sigma=sigma, latent_infonce_lambda=lam))
+        learner = Learner(cfg, "grpo", model_dirs[0], model_dirs[1] if lam else None)
         try:
             heads = learner.engine.module.heads
             shape = (cfg.sqr.num_tokens, heads.cfg.soft_dim)
             rng = np.random.default_rng(0)
+            vectors = np.random.default_rng(1).normal(  # another stream: the same actions
+                size=(1 + cfg.learner.infonce_negatives, learner.embedder.dim)).tolist() if lam else []
             turns = [dataclasses.replace(t, latent_mean=np.zeros(shape).tolist(),
-                                         soft_tokens=rng.normal(size=shape).tolist())
+                                         soft_tokens=rng.normal(size=shape).tolist(),
+                                         refined_vectors=vectors)
                      if t.sample == 0 else t for t in grpo_turns]  # sample 0 refined
             before = {k: v.clone() for k, v in heads.state_dict().items()}
             metrics = learner.grpo_step(samples_of(turns, False))
-            moved = any(not torch.equal(before[k], v) for k, v in heads.state_dict().items())
+            after = {k: v.clone() for k, v in heads.state_dict().items()}
+            moved = any(not torch.equal(before[k], v) for k, v in after.items())
             _, policy_sent, heads_sent = learner.export_weights(policy=False, changed_only=True)
             assert policy_sent == {} and bool(heads_sent) == (sigma > 0)  # a broadcast's heads
-            results.append((metrics, moved))
+            results.append((metrics, moved, after))
         finally:
             learner.close()
-    (plain, plain_moved), (latent, latent_moved) = results
+    (plain, plain_moved, _), (latent, latent_moved, latent_heads), (nce, _, nce_heads) = results
     assert not plain_moved and "latent_loss" not in plain
     assert latent_moved and latent["latent_rows"] == 2
     assert latent["latent_ratio"] == pytest.approx(1.0)  # on-policy: old mean = new mean
     assert latent["loss"] == pytest.approx(plain["loss"], rel=1e-5, abs=1e-7)
+    assert "infonce" not in latent and 0 < nce["infonce"] < 10
+    assert nce["latent_loss"] == pytest.approx(latent["latent_loss"], rel=1e-5, abs=1e-7)
+    assert any(not torch.equal(latent_heads[k], v) for k, v in nce_heads.items())

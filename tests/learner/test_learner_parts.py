@@ -201,6 +201,49 @@ def test_samples_of_an_older_policy_get_the_decoupled_correction(cfg, processor,
     assert stale_stats["stale_tokens"] == len(samples[0].response_ids)
 
 
+def test_grpo_adds_lambda_infonce_of_the_refined_turns_under_the_latent_policy(cfg, processor,
+                                                                             grpo_turns):
+    """Only rows that carry the index's vectors are encoded; the term is lambda x their mean
+    InfoNCE (a share of the mini-batch's refined rows), logged as `infonce`; sigma = 0 or
+    lambda = 0 leave GRPO's loss as it was."""
+    from config.schema import SQRConfig
+    from learner.losses import info_nce
+    from learner.stats import Stats
+
+    n, d, d_emb, k = 2, 3, 4, 2
+    rng = np.random.default_rng(0)
+    samples = samples_of(grpo_turns, False)
+    vectors = rng.normal(size=(1 + k, d_emb)).astype(np.float32)
+    samples[1] = dataclasses.replace(samples[1], latent_action=rng.normal(size=(n, d)).tolist(),
+                                     query_text="a red circle", refined_vectors=vectors.tolist())
+    batch = collate(grpo_rows(samples, VideoInputs(processor, cfg.video), (7, n)), processor, 2, "cpu")
+    logits = torch.randn(*batch.labels.shape[:1], batch.labels.shape[1] + 1, 11)
+    soft = torch.randn(len(samples), n, d_emb)
+    mean = torch.randn(len(samples), n, d)
+    batch = dataclasses.replace(batch, labels=batch.labels.clamp(min=0) % 11)
+    encoded = []
+
+    def encode(texts, s):
+        encoded.append(list(texts))
+        return s.sum(1) * 2.0
+
+    def loss_of(sqr, enc):
+        stats = Stats()
+        loss = GRPOLoss(LearnerConfig(kl_beta=0.0), None, sqr=sqr, encode=enc)(
+            lambda **_: (logits, soft, mean), batch, (0, 0), (float(batch.mask.sum()), 1.0), stats)
+        return loss, stats.reduce()
+
+    latent = SQRConfig(latent_sigma=0.05, latent_infonce_lambda=0.5)
+    plain, _ = loss_of(dataclasses.replace(latent, latent_infonce_lambda=0.0), encode)
+    with_nce, stats = loss_of(latent, encode)
+    assert encoded == [["a red circle"]]
+    want = info_nce(soft[1:2].sum(1) * 2.0, torch.from_numpy(vectors[:1]), torch.from_numpy(vectors[None, 1:]))
+    assert stats["infonce"] == pytest.approx(want.item(), rel=1e-6)
+    assert (with_nce - plain).item() == pytest.approx(0.5 * want.item(), rel=1e-5)
+    no_latent, no_latent_stats = loss_of(SQRConfig(latent_sigma=0.0), encode)
+    assert "infonce" not in no_latent_stats and len(encoded) == 1
+
+
 def test_a_large_logprob_mismatch_is_a_warning(caplog):
     from learner.grpo import warn_mismatch
 

@@ -102,6 +102,10 @@ def test_router_client_for_the_agent_loop(router, synth_embeddings):
     assert len(result.video_ids) == 3 and result.vector.shape == (synth_embeddings[1].shape[1],)
     scores = asyncio.run(client.score(result.vector, result.video_ids))
     np.testing.assert_allclose(scores, result.scores, atol=1e-6)
+    vectors = asyncio.run(client.vectors(result.video_ids))  # from the shards that hold them
+    np.testing.assert_allclose(vectors @ result.vector, result.scores, atol=1e-6)
+    with pytest.raises(KeyError, match="nope"):
+        asyncio.run(client.vectors([result.video_ids[0], "nope"]))
 
 
 def test_new_heads_reach_the_encoder_and_survive_its_restart(router, embedder):

@@ -92,6 +92,9 @@ def test_score_is_the_dot_product(tied, kind):
     got = np.nansum(stacked, axis=0)
     want = np.einsum("bd,bkd->bk", queries, vectors[want_rows])
     np.testing.assert_array_equal(got, want)
+    held = [Shard.build(vectors[which == i], ids[which == i], rcfg).vectors(asked[0]) for i in range(3)]
+    assert (np.isfinite(np.stack(held)[..., 0]).sum(0) == 1).all(), "each id is held by one shard"
+    np.testing.assert_array_equal(np.nansum(np.stack(held), axis=0), vectors[want_rows[0]])
 
 
 def test_save_load_roundtrip(tmp_path, tied):

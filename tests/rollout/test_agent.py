@@ -34,6 +34,9 @@ class LocalRetriever:
     async def score(self, vector, video_ids):
         return self.shard.score(np.asarray(vector)[None], [video_ids])[0].tolist()
 
+    async def vectors(self, video_ids):
+        return self.shard.vectors(video_ids)
+
 
 @pytest.fixture(scope="module")
 def world(cfg, model_dirs, synth):
@@ -183,9 +186,18 @@ def test_the_latent_policy_samples_around_the_mean_and_records_its_density(cfg, 
     assert action.shape == mean.shape and 0 < np.abs(action - mean).max() < 0.05 * 6
     want = gaussian_logprob(torch.tensor(action[None]), torch.tensor(mean[None]), 0.05)
     assert turns[0].latent_logprob == pytest.approx(float(want), rel=1e-5)
+    # GRPO's InfoNCE targets: the index's vectors of the videos the refined query was scored on
+    refined = retriever.embedder.encode_queries([q.text], torch.tensor(action[None])).numpy()[0]
+    vectors = np.asarray(turns[0].refined_vectors)
+    assert vectors.shape == (1 + cfg.learner.infonce_negatives, refined.shape[0])
+    np.testing.assert_allclose(vectors @ refined, turns[0].refined_scores, atol=1e-5)
     again = asyncio.run(run_episode(q, 0, policy, retriever, corpus.video_path, latent, seed=1))
     assert again[0].soft_tokens == turns[0].soft_tokens  # seeded: a retried episode draws the same
+    without = replace(latent, sqr=replace(latent.sqr, latent_infonce_lambda=0.0))
+    plain = asyncio.run(run_episode(q, 0, policy, retriever, corpus.video_path, without, seed=1))
+    assert plain[0].refined_vectors == [] and plain[0].soft_tokens == turns[0].soft_tokens
     # greedy (evaluation) searches with the mean itself
     greedy = asyncio.run(run_episode(q, 0, policy, retriever, corpus.video_path, latent, seed=1,
                                      greedy=True))
     assert greedy[0].latent_mean == [] and greedy[0].latent_logprob is None
+    assert greedy[0].refined_vectors == []
