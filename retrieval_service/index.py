@@ -66,7 +66,7 @@ class Shard:
         self.ids = np.asarray(ids, dtype=str)
         self.row_of = {v: i for i, v in enumerate(self.ids.tolist())}
         if isinstance(index, faiss.IndexIVF):
-            index.make_direct_map()  # for reconstruct() in vectors()
+            index.make_direct_map()  # for reconstruct_batch() in _held()
         self.gpu_resources = None
         self.index = index
         if use_gpu and faiss.get_num_gpus() > 0:
@@ -122,17 +122,26 @@ class Shard:
         queries = np.asarray(queries, np.float32)
         out = np.full((len(queries), len(video_ids[0]) if video_ids else 0), np.nan, np.float32)
         for b, row in enumerate(video_ids):
-            out[b] = self.vectors(row) @ queries[b]
+            cols, held = self._held(row)
+            if cols:
+                out[b, cols] = held @ queries[b]
         return out
 
     def vectors(self, video_ids: list[str]) -> np.ndarray:
         """[K, D] the stored vectors of the given ids; NaN rows for ids of other shards."""
         out = np.full((len(video_ids), self.cpu_index.d), np.nan, np.float32)
-        cols = [j for j, v in enumerate(video_ids) if v in self.row_of]
+        cols, held = self._held(video_ids)
         if cols:
-            out[cols] = self.cpu_index.reconstruct_batch(
-                np.array([self.row_of[video_ids[j]] for j in cols], np.int64))
+            out[cols] = held
         return out
+
+    def _held(self, video_ids: list[str]) -> tuple[list[int], np.ndarray | None]:
+        """(positions of the ids this shard holds, their stored vectors)."""
+        cols = [j for j, v in enumerate(video_ids) if v in self.row_of]
+        if not cols:
+            return cols, None
+        return cols, self.cpu_index.reconstruct_batch(
+            np.array([self.row_of[video_ids[j]] for j in cols], np.int64))
 
 
 def _cut(scores: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int):
