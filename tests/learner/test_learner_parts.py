@@ -242,6 +242,14 @@ def test_grpo_adds_lambda_infonce_of_the_refined_turns_under_the_latent_policy(c
     assert (with_nce - plain).item() == pytest.approx(0.5 * want.item(), rel=1e-5)
     no_latent, no_latent_stats = loss_of(SQRConfig(latent_sigma=0.0), encode)
     assert "infonce" not in no_latent_stats and len(encoded) == 1
+    # a micro-batch without a refined row still reaches the soft tokens (a zero gradient on
+    # every rank, as ZeRO reduces every trained parameter)
+    batch = dataclasses.replace(batch, rows=[dataclasses.replace(r, positive=None) for r in batch.rows])
+    soft.requires_grad_(True)
+    empty, empty_stats = loss_of(latent, encode)
+    empty.backward()
+    assert empty.item() == pytest.approx(plain.item()) and empty_stats["infonce"] == 0.0
+    assert soft.grad is not None and not soft.grad.any() and len(encoded) == 1
 
 
 def test_a_large_logprob_mismatch_is_a_warning(caplog):
