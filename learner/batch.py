@@ -57,13 +57,10 @@ class Batch:
 
     def nce_inputs(self, device) -> tuple[list[int], list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
         """The rows with an InfoNCE target (all of SFT's; GRPO's refined turns that carry the
-        index's vectors): (their indices, queries, positives [n, D], negatives [n, K, D],
-        InfoNCE weights [n])."""
+        index's vectors), at least one: (their indices, queries, positives [n, D], negatives
+        [n, K, D], InfoNCE weights [n])."""
         index = [i for i, r in enumerate(self.rows) if r.positive is not None]
         rows = [self.rows[i] for i in index]
-        if not rows:
-            return [], [], torch.zeros(0, device=device), torch.zeros(0, device=device), \
-                torch.zeros(0, device=device)
         pos = torch.from_numpy(np.stack([r.positive for r in rows])).float().to(device)
         neg = torch.from_numpy(np.stack([r.negatives for r in rows])).float().to(device)
         w = torch.tensor([r.nce_weight * r.weight for r in rows], device=device)

@@ -155,8 +155,6 @@ class GRPOLoss:
 
     def _infonce(self, batch: Batch, soft: torch.Tensor, norm: float, stats: Stats) -> torch.Tensor:
         per_row, weights = refined_query_infonce(self.encode, batch, soft, self.lcfg.infonce_tau)
-        if not len(per_row):  # still a (zero) gradient for the append projector on every rank,
-            per_row, weights = soft.sum()[None] * 0.0, weights.new_zeros(1)  # as ZeRO reduces it
         rows = float(weights.sum())
         # added on every rank (a collective reduces the names): weight 0 where no row refined
         stats.add("infonce", (per_row.detach() * weights).sum().item() / max(rows, 1.0), rows)

@@ -189,10 +189,12 @@ def refined_query_infonce(encode, batch, soft: Tensor, tau: float) -> tuple[Tens
     """(per-row InfoNCE [n], weights [n]) of the rows of `batch` with an InfoNCE target: each
     row's query encoded with its soft tokens `soft` [B, N, D_emb] (already in the embedder's
     input space) by `encode(texts, soft)`, against its ground truth and negatives. One row at a
-    time through info_nce, so a row's value does not depend on its neighbours."""
+    time through info_nce, so a row's value does not depend on its neighbours. A batch without
+    such a row gives one zero of weight 0 that still reaches `soft` (a zero gradient on every
+    rank, as ZeRO reduces every trained parameter)."""
+    if all(r.positive is None for r in batch.rows):
+        return soft.sum()[None] * 0.0, soft.new_zeros(1)
     index, queries, pos, neg, weights = batch.nce_inputs(soft.device)
-    if not index:
-        return soft.new_zeros(0), weights
     q = encode(queries, soft[index])
     per_row = torch.stack([info_nce(q[i:i + 1], pos[i:i + 1], neg[i:i + 1], tau)
                            for i in range(len(index))])
