@@ -42,8 +42,9 @@ class PathsConfig:
 
 @dataclass
 class TinyEmbedderPretrainConfig:
-    # Past ~300 videos most descriptions repeat, and only unique ones make retrieval queries.
-    num_videos: int = 256
+    # The policy's count: past ~300 videos descriptions repeat (a batch may then hold a false
+    # negative), but 256 videos were too few to learn which shape and motion a colour has.
+    num_videos: int = 2048
     steps: int = 600
     batch_size: int = 32
     # A batch holds this many backgrounds, so most negatives share the positive's background.

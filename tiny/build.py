@@ -1,7 +1,7 @@
 """Tiny models of the real architectures, built locally (no hub on these machines).
 
-The policy is a `Qwen3VLForConditionalGeneration` and the embedder a `Qwen3VLModel`
-(the released Qwen3-VL-Embedding is the base model with last-token pooling), both
+The policy is a `Qwen3VLForConditionalGeneration` and the embedder a `Qwen3VLModel` of the
+same size (the released Qwen3-VL-Embedding is the base model with last-token pooling), both
 with random weights, a locally trained tokenizer and real processor configs, saved in
 the Hugging Face layout so that vLLM, transformers and our loader open them exactly
 as they open Qwen/Qwen3-VL-2B-Instruct and Qwen/Qwen3-VL-Embedding-2B.
@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from transformers import (
     Qwen2VLImageProcessor,
     Qwen3VLConfig,
@@ -40,7 +41,7 @@ POLICY_DIR = "tiny-qwen3vl-policy"
 EMBEDDER_DIR = "tiny-qwen3vl-embedder"
 MANIFEST = "tiny_manifest.json"
 # Bump when the recipe changes so that cached models are rebuilt.
-RECIPE_VERSION = 9
+RECIPE_VERSION = 10
 # Overrides for tiny models with random weights (their pretraining skipped): for benchmarks,
 # whose speed does not depend on what the weights know, and tests that compare exact numbers.
 RANDOM_TINY_MODELS = ["model.tiny_pretrain.embedder.steps=0", "model.tiny_pretrain.policy.steps=0"]
@@ -164,10 +165,10 @@ def build_tiny_models(
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
     _save(policy, processor, policy_dir)
 
-    embedder = Qwen3VLModel(_config(tokenizer, hidden=128, layers=2, vocab=vocab)).eval()
+    embedder = Qwen3VLModel(policy_cfg).eval()
     _save(embedder, processor, embedder_dir)
 
-    heads = SQRHeads(SQRHeadsConfig(policy_hidden=256, soft_dim=256, embedder_hidden=128,
+    heads = SQRHeads(SQRHeadsConfig(policy_hidden=256, soft_dim=256, embedder_hidden=256,
                                     num_tokens=soft_tokens))
     heads.save(policy_dir)
     reports = {}
@@ -243,12 +244,23 @@ def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: Vide
                                cache_dir / f"pretrain-corpus-{name}")
 
     reports = {}
-    if steps["embedder"]:
-        reports["embedder"] = asdict(pretrain_embedder(
-            embedder_dir, corpus("embedder", pretrain.embedder.num_videos, PRETRAIN_SEED_OFFSET),
-            video, pretrain.embedder, seed))
     if steps["policy"]:
         reports["policy"] = asdict(pretrain_policy(
             policy_dir, corpus("policy", pretrain.policy.num_videos, 2 * PRETRAIN_SEED_OFFSET),
             video, pretrain.policy, seed))
+    if steps["embedder"]:
+        embedder_from_policy(policy_dir, embedder_dir)
+        reports["embedder"] = asdict(pretrain_embedder(
+            embedder_dir, corpus("embedder", pretrain.embedder.num_videos, PRETRAIN_SEED_OFFSET),
+            video, pretrain.embedder, seed))
     return reports
+
+
+def embedder_from_policy(policy_dir: Path, embedder_dir: Path) -> None:
+    """The embedder's weights := the policy's without its LM head (the same architecture), as
+    Qwen3-VL-Embedding starts from Qwen3-VL: the embedder pretrains from what the policy sees."""
+    weights = load_file(policy_dir / "model.safetensors")
+    state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+    embedder = Qwen3VLModel.from_pretrained(embedder_dir)
+    embedder.load_state_dict(state, strict=True)
+    embedder.save_pretrained(embedder_dir, safe_serialization=True)

@@ -7,16 +7,20 @@ every query retrieves the same hub video. This trains it on the tiny models' own
 corpus (another seed, never the run's corpus) into a weak but real retriever, which leaves the
 verification and refinement the policy learns something to fix.
 
+It starts from the pretrained tiny policy (as Qwen3-VL-Embedding starts from Qwen3-VL): the
+policy's vision tower and language model already tell which shape and motion go with a colour,
+which an embedder trained from random weights on this corpus never learnt (docs/experiments.md).
 InfoNCE alone learns the background (every video token carries it) and then sits on that
 plateau (loss ln(videos per background) for 600 steps, measured): the objects are a few
-tokens among ~100. Linear attribute probes on both towers' pooled vectors (the colours a
-video shows, the query's colour/shape/motion, the background) give each tower a direct signal
-and break the plateau; they are discarded afterwards. Batches hold a few backgrounds, so most
-negatives share the positive's background.
+tokens among ~100. Linear attribute probes on the pooled vectors (video: the background, the
+colours shown and which shape and motion go with each; query: its background, colour and
+shape) give a direct signal and break the plateau; they are discarded afterwards. Batches
+hold a few backgrounds, so most negatives share the positive's background.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +30,17 @@ import torch
 from torch import nn
 
 from config.schema import TinyEmbedderPretrainConfig, VideoConfig
-from corpus.synth import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, Event, SynthCorpus, Video, scenes_of
+from corpus.synth import (
+    BACKGROUNDS,
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    Event,
+    SynthCorpus,
+    Video,
+    scenes_of,
+    splits_of,
+)
 from retrieval_service.embedder import Embedder
 from tiny.fit import fit
 
@@ -50,7 +64,13 @@ def symmetric_info_nce(queries: torch.Tensor, videos: torch.Tensor, tau: float) 
 
 
 class AttributeProbes(nn.Module):
-    """Linear read-outs of the synthetic scene from the pooled vectors (training aid only)."""
+    """Linear read-outs of the synthetic scene from the pooled vectors (training aid only).
+
+    The video side also reads which shape and which motion each shown colour has (one label per
+    colour x shape and colour x motion pair, weighted `PAIR_WEIGHT`): colours and the
+    background alone are what a contrastive batch needs most and what the vectors then hold."""
+
+    PAIR_WEIGHT = 4.0
 
     def __init__(self, dim: int):
         super().__init__()
@@ -58,16 +78,24 @@ class AttributeProbes(nn.Module):
         self.shapes, self.motions = list(SHAPES), list(MOTIONS)
         self.video_colours = nn.Linear(dim, len(self.colours))
         self.video_background = nn.Linear(dim, len(self.backgrounds))
+        self.video_shapes = nn.Linear(dim, len(self.colours) * len(self.shapes))
+        self.video_motions = nn.Linear(dim, len(self.colours) * len(self.motions))
         self.query = nn.ModuleDict({name: nn.Linear(dim, len(getattr(self, name))) for name in
-                                    ("colours", "backgrounds", "shapes", "motions")})
+                                    ("colours", "backgrounds", "shapes")})
 
     def loss(self, videos: torch.Tensor, queries: torch.Tensor, scenes: list[Video],
              events: list[Event]) -> torch.Tensor:
         f = nn.functional
-        shown = torch.zeros(len(scenes), len(self.colours), device=videos.device)
+        n = len(scenes)
+        shown = torch.zeros(n, len(self.colours), device=videos.device)
+        shapes = torch.zeros(n, len(self.colours), len(self.shapes), device=videos.device)
+        motions = torch.zeros(n, len(self.colours), len(self.motions), device=videos.device)
         for i, scene in enumerate(scenes):
             for e in scene.events:
-                shown[i, self.colours.index(e.colour)] = 1.0
+                c = self.colours.index(e.colour)
+                shown[i, c] = 1.0
+                shapes[i, c, self.shapes.index(e.shape)] = 1.0
+                motions[i, c, self.motions.index(e.motion)] = 1.0
 
         def idx(names: list[str], values: list[str]) -> torch.Tensor:
             return torch.tensor([names.index(v) for v in values], device=videos.device)
@@ -75,8 +103,11 @@ class AttributeProbes(nn.Module):
         backgrounds = idx(self.backgrounds, [s.background for s in scenes])
         out = (f.binary_cross_entropy_with_logits(self.video_colours(videos), shown)
                + f.cross_entropy(self.video_background(videos), backgrounds)
+               + self.PAIR_WEIGHT * (
+                   f.binary_cross_entropy_with_logits(self.video_shapes(videos), shapes.flatten(1))
+                   + f.binary_cross_entropy_with_logits(self.video_motions(videos), motions.flatten(1)))
                + f.cross_entropy(self.query["backgrounds"](queries), backgrounds))
-        for name, attr in (("colours", "colour"), ("shapes", "shape"), ("motions", "motion")):
+        for name, attr in (("colours", "colour"), ("shapes", "shape")):
             out = out + f.cross_entropy(self.query[name](queries),
                                         idx(getattr(self, name), [getattr(e, attr) for e in events]))
         return out
@@ -98,12 +129,15 @@ def pretrain_embedder(embedder_dir: Path, corpus: SynthCorpus, video: VideoConfi
     if pcfg.steps < 1:
         raise ValueError("embedder pretraining needs steps >= 1")
     rows = pq.read_table(corpus.videos_path).to_pylist()
-    queries = pq.read_table(corpus.queries_path).to_pylist()
     scenes = scenes_of(corpus)
     embedder = Embedder(embedder_dir, video=video)
     decoded = {r["video_id"]: embedder.decode(corpus.out_dir / r["path"]) for r in rows}
-    heldout = [q for q in queries if q["split"] == "test"]
-    held_ids = {q["video_id"] for q in queries if q["split"] == "test"}
+    # Held out: the test split's videos, asked about their events whose description no other
+    # held-out video shares (in a corpus this large few are unique corpus-wide).
+    held_ids = {vid for vid, split in splits_of(corpus).items() if split == "test"}
+    described = Counter(scenes[v].describe(e) for v in held_ids for e in scenes[v].events)
+    heldout = [dict(video_id=v, text=scenes[v].describe(e)) for v in sorted(held_ids)
+               for e in scenes[v].events if described[scenes[v].describe(e)] == 1]
     by_background: dict[str, list[str]] = {}
     for vid in sorted(scenes):
         if vid not in held_ids:

@@ -16,7 +16,7 @@ from models.loading import ModelNotFoundError, load_embedder, load_policy, load_
 from models.prompts import CAPTION_PROMPT, INSTRUCTION
 from models.sqr_heads import SQRHeads, SQRHeadsConfig
 from models.tokens import QWEN_SPECIAL_TOKENS, REFINE_TOKEN, SQR_SLOT_TOKEN
-from tiny.build import MANIFEST, build_tiny_models
+from tiny.build import MANIFEST, build_tiny_models, embedder_from_policy
 
 
 def test_tiny_policy_is_the_real_architecture(model_dirs):
@@ -71,6 +71,22 @@ NO_PRETRAIN = TinyPretrainConfig(embedder=TinyEmbedderPretrainConfig(steps=0),
 SHORT_PRETRAIN = TinyPretrainConfig(
     embedder=TinyEmbedderPretrainConfig(num_videos=32, steps=2, batch_size=4, backgrounds_per_batch=2),
     policy=TinyPolicyPretrainConfig(num_videos=32, steps=2, batch_size=2))
+
+
+def test_the_embedder_starts_from_the_policy_without_its_lm_head(tmp_path):
+    import shutil
+
+    policy_dir, embedder_dir = build_tiny_models(tmp_path / "m", pretrain=NO_PRETRAIN)
+    start = tmp_path / "embedder"
+    shutil.copytree(embedder_dir, start)
+    embedder_from_policy(policy_dir, start)
+    policy, copied, own = load_policy(policy_dir)[0], load_embedder(start), load_embedder(embedder_dir)
+    theirs = policy.model.state_dict()
+    assert set(copied.state_dict()) == set(theirs)  # every weight but the LM head
+    for name, weight in copied.state_dict().items():
+        assert torch.equal(weight, theirs[name]), name
+    # the builder's own random embedder is another model: the copy is what changed it
+    assert not torch.equal(own.get_input_embeddings().weight, copied.get_input_embeddings().weight)
 
 
 def test_build_is_cached_and_rebuilt_on_recipe_change(tmp_path):

@@ -41,7 +41,8 @@ def test_pretraining_rejects_a_corpus_too_small_for_its_batches(synth, model_dir
 
 
 def test_attribute_probes_learn_the_scene_from_separable_vectors():
-    """The probes read colours shown, background, and the query's colour/shape/motion."""
+    """The probes read colours shown, background, each colour's shape and motion, and the
+    query's colour/shape."""
     torch.manual_seed(0)
     scenes = [Video("a", "navy", [Event("red", "circle", "left", 0, 2, 0.5),
                                   Event("blue", "square", "up", 3, 5, 0.5)]),
