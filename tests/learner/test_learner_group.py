@@ -128,8 +128,10 @@ def test_exported_checkpoint_loads_in_transformers_with_the_learners_weights(
     from models.sqr_heads import SQRHeads
 
     group.build("sft", model_dirs[0], model_dirs[1])
-    metrics = [group.sft_step(sft_examples) for _ in range(2)]
-    assert metrics[1]["infonce"] < metrics[0]["infonce"] and metrics[1]["ce"] < metrics[0]["ce"]
+    # three steps: the first update only moves the zero-initialised append projector off zero;
+    # with the 4-layer embedder the InfoNCE after it was still above the first (1.43 -> 1.46 -> 0.62)
+    metrics = [group.sft_step(sft_examples) for _ in range(3)]
+    assert metrics[-1]["infonce"] < metrics[0]["infonce"] and metrics[-1]["ce"] < metrics[0]["ce"]
     out = group.export_hf(tmp_path / "export")
     version, state, heads = _weights(group)
     model, loaded_heads = load_policy(out)
@@ -141,7 +143,7 @@ def test_exported_checkpoint_loads_in_transformers_with_the_learners_weights(
     for name, value in loaded_heads.state_dict().items():
         assert torch.equal(value, heads[name]), name
         assert not torch.equal(value, initial.state_dict()[name]), "SFT trains the heads"
-    assert version == 2
+    assert version == len(metrics)
 
 
 def test_weight_sync_makes_vllm_greedy_equal_the_learner(group, learner_cfg, model_dirs,
