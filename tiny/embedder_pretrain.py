@@ -38,8 +38,8 @@ from corpus.synth import (
     Event,
     SynthCorpus,
     Video,
+    moments_of,
     scenes_of,
-    splits_of,
 )
 from retrieval_service.embedder import Embedder
 from tiny.fit import fit
@@ -134,10 +134,10 @@ def pretrain_embedder(embedder_dir: Path, corpus: SynthCorpus, video: VideoConfi
     decoded = {r["video_id"]: embedder.decode(corpus.out_dir / r["path"]) for r in rows}
     # Held out: the test split's videos, asked about their events whose description no other
     # held-out video shares (in a corpus this large few are unique corpus-wide).
-    held_ids = {vid for vid, split in splits_of(corpus).items() if split == "test"}
-    described = Counter(scenes[v].describe(e) for v in held_ids for e in scenes[v].events)
-    heldout = [dict(video_id=v, text=scenes[v].describe(e)) for v in sorted(held_ids)
-               for e in scenes[v].events if described[scenes[v].describe(e)] == 1]
+    moments = [m for m in moments_of(corpus) if m["split"] == "test"]
+    described = Counter(m["text"] for m in moments)
+    heldout = [m for m in moments if described[m["text"]] == 1]
+    held_ids = {m["video_id"] for m in moments}
     by_background: dict[str, list[str]] = {}
     for vid in sorted(scenes):
         if vid not in held_ids:
