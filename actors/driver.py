@@ -267,7 +267,7 @@ PAIRS = (("grpo", "sft"), ("sft", "untrained"))  # (better-hoped, baseline) of t
 
 def _report(s: Session, evals: dict, out: Path, seconds: float) -> dict:
     from evaluation.metrics import paired
-    from evaluation.report import comparison_table, interval_table, plot
+    from evaluation.report import comparison_table, interval_table, plot, refinement_line
 
     out.mkdir(exist_ok=True)
     differences = {f"{a}-{b}": paired(evals[a], evals[b]) for a, b in PAIRS
@@ -281,6 +281,7 @@ def _report(s: Session, evals: dict, out: Path, seconds: float) -> dict:
     if evals:
         print(comparison_table(evals))
         print(interval_table(evals, differences))
+        print(refinement_line(evals))
     print(f"results -> {out}")
     return {"seconds": summary["seconds"], "workdir": str(s.work),
             "results": str(out / "results.json")}

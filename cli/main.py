@@ -255,7 +255,7 @@ def experiment_sqr_oracle(config: list[str] = CONFIG_OPT, overrides: list[str] =
     queries = [(q.text, q.video_id) for q in s.corpus.queries(split)]
     embedder = Embedder(s.embedder_dir, None, cfg.model.dtype, cfg.model.embed_instruction,
                         cfg.video, device="cpu")
-    k = {0: cfg.learner.infonce_negatives, -1: len(ids) - 1}.get(negatives, negatives)
+    k = {0: cfg.learner.infonce_negatives, -1: len(ids) - 2}.get(negatives, negatives)
     result = sqr_oracle(embedder, queries, ids, vectors, cfg.sqr.num_tokens, k, steps=steps,
                         lr=lr, tau=cfg.learner.infonce_tau)
     out = s.work / "results" / f"sqr_oracle_k{k}.json"

@@ -107,4 +107,8 @@ def problems(cfg) -> list[str]:
     if cfg.corpus.source != "synth" and not cfg.corpus.video_dir:
         out.append(f"corpus.video_dir = '': a {cfg.corpus.source} corpus is read from the "
                    "directory `videosearch corpus build --out` wrote; set corpus.video_dir")
+    if cfg.learner.infonce_negatives > cfg.retrieval.topk - 1:  # rollout.agent._negatives
+        out.append(f"learner.infonce_negatives = {cfg.learner.infonce_negatives}: at most "
+                   f"retrieval.topk - 1 = {cfg.retrieval.topk - 1} (a refined turn's negatives "
+                   "are its search's top results but the ground truth)")
     return out

@@ -231,6 +231,9 @@ class LearnerConfig:
     grad_accum_steps: int = 1
     infonce_tau: float = 0.1
     infonce_lambda: float = 0.3
+    # InfoNCE negatives per refined query: in SFT the split's own videos the text search ranks
+    # highest, in GRPO the refined search's top results; never the rejected video. At most
+    # retrieval.topk - 1.
     infonce_negatives: int = 7
     train_vision_tower: bool = False
     # Recompute each decoder layer's activations in the backward pass instead of keeping them:

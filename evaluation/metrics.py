@@ -110,6 +110,7 @@ def refinement_metrics(rows: Sequence[Row]) -> dict[str, float]:
     for row in rows:
         episodes.setdefault(row["query_id"], {})[int(row["turn"])] = row
     n = refined = nxt = 0
+    diffs = []  # refined hit - next hit, per refined turn, in percent
     for turns in episodes.values():
         if 1 not in turns:
             continue
@@ -121,9 +122,14 @@ def refinement_metrics(rows: Sequence[Row]) -> dict[str, float]:
             n += 1
             refined += row["video_id"] == row["gt_video_id"]
             nxt += candidate == row["gt_video_id"]  # None (ranking used up) never is
+            diffs.append(100.0 * ((row["video_id"] == row["gt_video_id"])
+                                  - (candidate == row["gt_video_id"])))
             shown.append(row["video_id"])
-    return {"refined_turns": n, "VR_refined": 100.0 * refined / n if n else 0.0,
-            "VR_next_in_ranking": 100.0 * nxt / n if n else 0.0}
+    out = {"refined_turns": n, "VR_refined": 100.0 * refined / n if n else 0.0,
+           "VR_next_in_ranking": 100.0 * nxt / n if n else 0.0}
+    if diffs:  # paired per turn: both searches answer the same refined turn
+        out["VR_refined_minus_next"] = [sum(diffs) / n, *mean_ci(diffs)]
+    return out
 
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[float]]:

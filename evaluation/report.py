@@ -59,6 +59,15 @@ def interval_table(evals: dict[str, dict], differences: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def refinement_line(evals: dict[str, dict]) -> str:
+    """VR@SQR - VR@next with its 95 % interval, paired over each evaluation's refined turns."""
+    parts = [f"{tag} {ref['VR_refined_minus_next'][0]:+.1f} "
+             f"{interval_text(ref['VR_refined_minus_next'][1:], 'VR')} ({ref['refined_turns']} turns)"
+             for tag, m in evals.items()
+             if "VR_refined_minus_next" in (ref := m.get("refinement", {}))]
+    return "VR@SQR - VR@next, paired over refined turns: " + ("; ".join(parts) or "none")
+
+
 def signed_text(v: float, column: str) -> str:
     return f"{v:+.2f}" if column == "reward" else f"{v:+.1f}"
 

@@ -5,8 +5,8 @@ For each query whose text search did not put the ground truth first (the turns a
 verifier rejects and refines), N soft inputs in the embedder's input space start at zero (the
 text query exactly, by the residual read-out of `Embedder.encode_queries`) and descend the
 SFT's InfoNCE: the ground truth against the same hard negatives (the text search's top
-results). The refined search's first video not shown yet is compared with the text search's
-next one (`VR@next`). If even these oracle inputs rarely find the ground truth, the embedder
+results but the one already shown). The refined search's first video not shown yet is
+compared with the text search's next one (`VR@next`). If even these oracle inputs rarely find the ground truth, the embedder
 and corpus give a learned refinement nothing to find.
 """
 
@@ -61,8 +61,8 @@ def sqr_oracle(embedder, queries: list[tuple[str, str]], ids: list[str], vectors
                num_tokens: int, num_negatives: int, steps: int = 300, lr: float = 0.002,
                tau: float = 0.1, batch: int = 32) -> OracleResult:
     """`queries`: (text, ground-truth video id); `ids`/`vectors`: the index, unit vectors;
-    `num_negatives` at most the corpus's other videos (all of them: the search's own softmax)."""
-    num_negatives = min(num_negatives, len(ids) - 1)
+    `num_negatives` at most the corpus's videos but the ground truth and the shown one."""
+    num_negatives = min(num_negatives, len(ids) - 2)
     row = {v: i for i, v in enumerate(ids)}
     texts = [t for t, _ in queries]
     gt = np.array([row[v] for _, v in queries])
@@ -75,7 +75,8 @@ def sqr_oracle(embedder, queries: list[tuple[str, str]], ids: list[str], vectors
     refined, before, after = [], [], []
     for start in range(0, len(wrong), batch):
         part = wrong[start:start + batch]
-        negs = np.stack([[i for i in order[q] if i != gt[q]][:num_negatives] for q in part])
+        # the shown top-1 is no negative: the refined search never shows it again (as in SFT)
+        negs = np.stack([[i for i in order[q][1:] if i != gt[q]][:num_negatives] for q in part])
         soft, b, a = oracle_soft_inputs(
             embedder, [texts[q] for q in part], torch.from_numpy(vectors[gt[part]]),
             torch.from_numpy(vectors[negs]), num_tokens, steps, lr, tau)

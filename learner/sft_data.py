@@ -91,15 +91,17 @@ def reasoning(query: str, moments: list[tuple[str, float, float]], answer: str,
     return " ".join([*seen, verdict])
 
 
-def _negatives(gt: str, ranked: list[str], pool: list[str], k: int,
+def _negatives(exclude: set[str], ranked: list[str], pool: list[str], k: int,
                rng: np.random.Generator) -> list[str]:
-    hard = [v for v in dict.fromkeys(ranked) if v != gt][:k]
-    rest = [v for v in pool if v != gt and v not in hard]
-    if len(hard) + len(rest) < k:
-        raise ValueError(f"InfoNCE needs {k} negatives but the corpus has only "
-                         f"{len(hard) + len(rest)} other videos")
-    fill = rng.choice(len(rest), size=k - len(hard), replace=False) if k > len(hard) else []
-    return hard + [rest[i] for i in fill]
+    """k videos of `pool` outside `exclude`: the highest `ranked` first, then a seeded draw;
+    all of them when the pool holds fewer."""
+    hard = [v for v in dict.fromkeys(ranked) if v in pool and v not in exclude][:k]
+    rest = [v for v in pool if v not in exclude and v not in hard]
+    if not hard and not rest:
+        raise ValueError("InfoNCE needs at least one negative but the split has no other video")
+    fill = min(k - len(hard), len(rest))
+    drawn = rng.choice(len(rest), size=fill, replace=False) if fill > 0 else []
+    return hard + [rest[i] for i in drawn]
 
 
 def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
@@ -113,22 +115,30 @@ def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
     if num_negatives < 1:
         raise ValueError("the not-matched example shows a negative: num_negatives must be >= 1")
     rng = np.random.default_rng(seed)
-    pool = sorted(v for v in video_paths if v in vectors)
     moments: dict[str, list[tuple[str, float, float]]] = {}
     annotated = annotated if annotated is not None else queries
     for r in annotated:
         moments.setdefault(r["video_id"], []).append((r["text"], r["start_s"], r["end_s"]))
     skip = template_words([r["text"] for r in annotated])
+    # Negatives and the wrongly shown video come from the split's own videos: training never
+    # sees another split's video, and the ones it could rank against are those it searches.
+    pool = sorted(v for v in moments if v in vectors)
     out = []
     for q in queries:
         gt, qid = q["video_id"], q["query_id"]
         if gt not in vectors:
             raise KeyError(f"query {qid}: no vector for its video {gt}")
         ranked = [v for v in topk.get(qid, []) if v in vectors]
-        negs = _negatives(gt, ranked, pool, num_negatives, rng)
+        others = [v for v in pool if v != gt]
+        if not others:
+            raise ValueError(f"query {qid}: its split has no other video to show as not matched")
+        wrong = next((v for v in ranked if v != gt and v in moments), None)
+        if wrong is None:  # the search found none of the split's other videos
+            wrong = others[rng.integers(len(others))]
+        # The refined search never shows the rejected video again, so it is no negative.
+        negs = _negatives({gt, wrong}, ranked, pool, num_negatives, rng)
         neg_vecs = np.stack([vectors[v] for v in negs]).astype(np.float32)
         pos = np.asarray(vectors[gt], np.float32)
-        wrong = next((v for v in [*ranked, *negs] if v != gt and v in moments), negs[0])
         for answer, shown in (("matched", gt), ("not_matched", wrong)):
             span = (q["start_s"], q["end_s"]) if answer == "matched" else (None, None)
             think = reasoning(q["text"], moments.get(shown, []), answer, skip, *span)

@@ -64,10 +64,11 @@ def _unseen(result: SearchResult, rejected: list[str], k: int) -> SearchResult:
                         [result.scores[i] for i in keep])
 
 
-def _negatives(result: SearchResult, gt: str, shown: str, k: int) -> list[str]:
-    """The wrongly shown top-1 first, then hard negatives from the top-k pool."""
-    pool = [shown] + [v for v in result.video_ids if v != shown]
-    return [v for v in pool if v != gt][:k]
+def _negatives(result: SearchResult, gt: str, k: int) -> list[str]:
+    """Hard negatives: the refined search's top results but the ground truth. The rejected
+    videos are not among them (`_unseen`) and are no negatives: the search never shows them
+    again, so a refinement gains nothing by moving away from them (SFT's examples agree)."""
+    return [v for v in result.video_ids if v != gt][:k]
 
 
 async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever: RetrieverClient,
@@ -119,7 +120,7 @@ async def run_episode(query: Query, sample: int, policy: PolicyClient, retriever
                 torch.from_numpy(soft)[None], torch.tensor([turn.latent_mean]), cfg.sqr.latent_sigma))
         rejected.append(shown)
         refined = _unseen(await retriever.search(query.text, soft, k + len(rejected)), rejected, k)
-        negatives = _negatives(refined, query.video_id, shown, n_neg)
+        negatives = _negatives(refined, query.video_id, n_neg)
         scores = await retriever.score(refined.vector, [query.video_id] + negatives)
         base = None
         if cfg.reward.retrieval_improvement:  # credit only what refinement added

@@ -78,6 +78,7 @@ def test_paths_are_absolute_and_models_cached_per_user(monkeypatch, tmp_path):
     ("rollout.weight_transport=tcp", "one of auto, object_store, nccl, gloo"), ("learner.lr=-1", "> 0"),
     ("train.max_query_draws=0", ">= 1"), ("corpus.synth.test_fraction=1", "[0, 1)"),
     ("rollout.block_size=0", "null or >= 1"), ("learner.grpo_lr=inf", "null or > 0"),
+    ("learner.infonce_negatives=10", "at most retrieval.topk - 1 = 9"),
 ])
 def test_out_of_range_values_name_key_value_and_range(override, allowed):
     key, value = override.split("=")

@@ -195,8 +195,10 @@ def test_refinement_against_the_next_unseen_result_of_the_first_search():
             row("q2", 3, "w2", "w7", "not_matched", None, True, retrieved_ids=["w7"]),
             row("q3", 1, "u", "u", "matched", None, True, retrieved_ids=["u"])]
     ref = compute_metrics(rows)["refinement"]
+    diff, low, high = ref.pop("VR_refined_minus_next")  # per turn: 0, +100 (q2 turn 2), 0
     assert ref == {"refined_turns": 3, "VR_refined": pytest.approx(200 / 3),
                    "VR_next_in_ranking": pytest.approx(100 / 3)}
+    assert diff == pytest.approx(100 / 3) and 0.0 <= low <= diff <= high <= 100.0
     assert "refinement" not in compute_metrics(ROWS)  # rows without rankings: no number
 
 

@@ -29,6 +29,16 @@ def test_table_has_one_row_per_model_with_turn1_vr_and_reward():
     assert lines[3].split()[-4:-1] == ["nan", "nan", "nan"]
 
 
+def test_refinement_line_names_each_paired_difference():
+    from evaluation.report import refinement_line
+
+    sft = _metrics(40.0, 30.0, 0.25)
+    sft["refinement"]["VR_refined_minus_next"] = [-16.7, -50.0, 16.7]
+    assert refinement_line({"sft": sft, "old": _metrics(20.0, 20.0)}) == (
+        "VR@SQR - VR@next, paired over refined turns: sft -16.7 [-50.0,16.7] (6 turns)")
+    assert refinement_line({"old": _metrics(20.0, 20.0)}).endswith(": none")
+
+
 def test_no_refined_turn_prints_nan_not_zero():
     m = _metrics(40.0, 30.0, 0.25)
     m["refinement"] = {"refined_turns": 0, "VR_refined": 0.0, "VR_next_in_ranking": 0.0}

@@ -297,17 +297,23 @@ def test_check_puts_each_query_word_beside_the_captions_word_in_its_place():
     assert check("a", "a", frozenset({"a"})) == "Check: nothing."
 
 
-def test_sft_reasoning_uses_only_the_annotations_it_is_given(learner_cfg, corpus_rows):
-    """Moments of videos outside `annotated` (e.g. test videos) never enter a target."""
+def test_sft_examples_stay_inside_their_split(learner_cfg, corpus_rows):
+    """A video outside `annotated` (e.g. a test video) is never shown, never a negative and its
+    moments never enter a target; the shown wrong video is no negative either (the refined
+    search never shows it again)."""
     queries, paths = corpus_rows
     q = queries[0]
     other = next(r for r in queries if r["video_id"] != q["video_id"])
-    vectors = {v: np.full(4, 0.5, np.float32) for v in paths}
-    examples = build_sft_examples([q], paths, vectors, {q["query_id"]: [other["video_id"]]},
-                                  learner_cfg.learner.infonce_negatives, 0, annotated=[q])
+    outside = next(v for v in sorted(paths) if v not in {q["video_id"], other["video_id"]})
+    third = next(r for r in queries if r["video_id"] not in {q["video_id"], other["video_id"], outside})
+    vectors = {v: np.full(4, i, np.float32) for i, v in enumerate(sorted(paths))}
+    split = [q, other, third]
+    examples = build_sft_examples([q], paths, vectors, {q["query_id"]: [outside, other["video_id"]]},
+                                  learner_cfg.learner.infonce_negatives, 0, annotated=split)
     wrong = next(e for e in examples if e.answer == "not_matched")
-    assert wrong.video_id == other["video_id"] and other["text"] not in wrong.target
+    assert wrong.video_id == other["video_id"] and other["text"] in wrong.target
     assert "None of them is the query." in wrong.target
+    assert [float(n[0]) for n in wrong.negatives] == [float(vectors[third["video_id"]][0])]
 
 
 def test_sft_examples_pair_matched_and_not_matched_turns(learner_cfg, sft_examples, corpus_rows):
@@ -329,7 +335,7 @@ def test_sft_examples_pair_matched_and_not_matched_turns(learner_cfg, sft_exampl
         cos = wrong.negatives @ wrong.positive
         assert (cos < 0.999).all(), "the ground truth is never a negative"
     few = {v: paths[v] for v in sorted(paths)[:3]}
-    with pytest.raises(ValueError, match="negatives"):
+    with pytest.raises(ValueError, match="no other video"):
         build_sft_examples(queries[:1], few | {queries[0]["video_id"]: "x"},
                            {v: sft_examples[0].positive for v in paths}, {}, k, 0)
 

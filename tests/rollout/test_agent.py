@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from config.schema import IndexType, RetrievalConfig
-from rollout.agent import SearchResult, run_episode
+from rollout.agent import SearchResult, _negatives, run_episode
 
 pytestmark = pytest.mark.slow
 
@@ -103,6 +103,13 @@ def test_unparseable_output_ends_the_episode_without_refining(cfg, world):
         pytest.fail(f"random policy wrote a verdict: {turns[0].response_text!r}")
     assert len(turns) == 1 and turns[0].is_final and retriever.searches == [False]
     assert turns[0].soft_tokens == [] and turns[0].reward_verification == -1.0
+
+
+def test_refined_negatives_are_the_search_results_but_the_ground_truth():
+    """The rejected videos are already out of the refined result (`_unseen`): never negatives."""
+    result = SearchResult(np.zeros(2), ["a", "gt", "b", "c"], [0.9, 0.8, 0.7, 0.6])
+    assert _negatives(result, "gt", 2) == ["a", "b"]
+    assert _negatives(result, "gt", 9) == ["a", "b", "c"]
 
 
 def test_wrong_top1_leads_to_soft_tokens_refined_search_and_a_second_turn(cfg, world):
