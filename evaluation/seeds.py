@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from evaluation.bootstrap import mean_ci
-from evaluation.report import CI_COLUMNS, interval_text, signed_text
+from evaluation.report import CI_COLUMNS, interval_text, refinement_line, signed_text
 
 TAGS = ("untrained", "sft", "grpo")
 
@@ -76,4 +76,15 @@ def seeds_table(seeds: list[int], results: list[dict]) -> str:
         f"{signed_text(both[c][0], c)} {interval_text(both[c][1:], c)}".rjust(22)
         if c in both else f"{'—':>22}" for c in CI_COLUMNS))
     lines.append(f"GRPO above SFT on mean test reward in {wins} of {len(seeds)} seeds")
+    lines.append("")
+    above: dict[str, list[int]] = {}  # tag -> [seeds where refined beat next, seeds measured]
+    for seed, r in zip(seeds, results, strict=True):
+        lines.append(f"seed {seed}: " + refinement_line(r["eval"]))
+        for tag, m in r["eval"].items():
+            if diff := m.get("refinement", {}).get("VR_refined_minus_next"):
+                count = above.setdefault(tag, [0, 0])
+                count[0] += diff[0] > 0
+                count[1] += 1
+    lines.append("VR@SQR above VR@next in " + (", ".join(
+        f"{n} of {seen} seeds ({tag})" for tag, (n, seen) in above.items()) or "no seed"))
     return "\n".join(lines)

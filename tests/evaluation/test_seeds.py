@@ -35,7 +35,20 @@ def test_pooled_means_average_each_query_over_the_seeds():
 def test_table_shows_each_seeds_difference_and_the_count_of_wins():
     text = seeds_table([0, 1], RESULTS)
     assert "seed 0" in text and "+0.67 [0.57,0.77]" in text and "-0.17" in text
-    assert text.splitlines()[-1] == "GRPO above SFT on mean test reward in 1 of 2 seeds"
+    assert "GRPO above SFT on mean test reward in 1 of 2 seeds" in text.splitlines()
+    # runs written before refinement's paired difference was recorded have none to count
+    assert text.splitlines()[-1] == "VR@SQR above VR@next in no seed"
+
+
+def test_table_counts_the_seeds_where_refinement_beats_next():
+    import copy
+
+    results = copy.deepcopy(RESULTS)
+    for r, diffs in zip(results, ([1.7, -0.4, 4.2], [-0.5, -2.0, 1.0]), strict=True):
+        r["eval"]["sft"]["refinement"] = {"refined_turns": 10, "VR_refined_minus_next": diffs}
+    lines = seeds_table([0, 1], results).splitlines()
+    assert "seed 0: VR@SQR - VR@next, paired over refined turns: sft +1.7 [-0.4,4.2] (10 turns)" in lines
+    assert lines[-1] == "VR@SQR above VR@next in 1 of 2 seeds (sft)"
 
 
 def test_the_command_reuses_finished_seeds_and_stops_at_a_failed_one(tmp_path):
@@ -61,4 +74,5 @@ def test_pooled_difference_pairs_each_query_over_the_seeds():
     # per query: q0 (1 + 0) / 2, q1 (0 + 1) / 2, q2 (1 - 1.5) / 2
     mean, low, high = out["reward"]
     assert mean == pytest.approx((0.5 + 0.5 - 0.25) / 3) and low <= mean <= high
-    assert "pooled" in seeds_table([0, 1], RESULTS).splitlines()[-2]
+    lines = seeds_table([0, 1], RESULTS).splitlines()
+    assert "pooled" in lines[lines.index("GRPO above SFT on mean test reward in 1 of 2 seeds") - 1]
