@@ -146,8 +146,13 @@ def stage_sft(s: Session, state: JobState) -> dict:
     ids, vecs = read_embeddings(s.index_dir / "embeddings" / s.results["index"]["model_id"])
     vectors = dict(zip(ids, vecs, strict=True))
     examples = _sft_examples(s, _queries_of(s, "sft"), "train", vectors)
-    # The refined query's InfoNCE on the val split's not-matched turns, before and after.
+    # The refined query's InfoNCE on the val split's not-matched turns, before and after; a
+    # turn needs three of the split's videos (the ground truth, the one shown, a negative).
     val = s.corpus.queries("val")
+    if val and len({q.video_id for q in val}) < 3:
+        print(f"sft: no held-out InfoNCE: the val split has {len({q.video_id for q in val})} "
+              "videos, a turn needs 3", flush=True)
+        val = []
     heldout = [e for e in _sft_examples(s, val, "val", vectors)
                if e.answer == "not_matched"] if val else []
     learner = LearnerGroup(cfg)
