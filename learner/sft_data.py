@@ -131,7 +131,9 @@ def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
         ranked = [v for v in topk.get(qid, []) if v in vectors]
         others = [v for v in pool if v != gt]
         if not others:
-            raise ValueError(f"query {qid}: its split has no other video to show as not matched")
+            raise ValueError(f"query {qid}: its split has no other video to show as not "
+                             "matched; use a larger corpus (corpus.synth.num_videos) or a "
+                             "smaller train.grpo_video_fraction")
         wrong = next((v for v in ranked if v != gt and v in moments), None)
         if wrong is None:  # the search found none of the split's other videos
             wrong = others[rng.integers(len(others))]

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 AGENT_NOT_READY = "No available agent to submit job"
 FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SHORT = [
-    "corpus.synth.num_videos=10", "video.max_frames=8", "rollout.group_size=2",
+    "corpus.synth.num_videos=12", "video.max_frames=8", "rollout.group_size=2",
     "rollout.max_turns=2", "rollout.sampling.max_tokens=24", "train.sft_steps=2",
     "train.grpo_steps=2", "train.queries_per_step=2", "learner.micro_batch_size=4",
     "learner.infonce_negatives=3", "retrieval.topk=5",

@@ -65,7 +65,12 @@ def test_search_matches_the_router(service, soft):
     _, scores, ids = ray.get(router.search_text.remote([TEXT], np.array([soft], np.float32), 3))
     assert [x["video_id"] for x in results[1]] == list(ids[0])
     np.testing.assert_allclose([x["score"] for x in results[1]], scores[0], atol=1e-5)
-    assert len(results[0]) == 3 and results[0] != results[1]
+    # the untrained heads' append projector is zero: the refined search is the text's, up to
+    # float error (Embedder.encode_queries' residual read-out), on every host
+    assert len(results[0]) == 3
+    assert [x["video_id"] for x in results[0]] == [x["video_id"] for x in results[1]]
+    np.testing.assert_allclose([x["score"] for x in results[0]],
+                               [x["score"] for x in results[1]], atol=1e-5)
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_topk(service):
