@@ -149,9 +149,9 @@ def stage_sft(s: Session, state: JobState) -> dict:
     # The refined query's InfoNCE on the val split's not-matched turns, before and after; a
     # turn needs three of the split's videos (the ground truth, the one shown, a negative).
     val = s.corpus.queries("val")
-    if val and len({q.video_id for q in val}) < 3:
-        print(f"sft: no held-out InfoNCE: the val split has {len({q.video_id for q in val})} "
-              "videos, a turn needs 3", flush=True)
+    if val and (n_val := len({q.video_id for q in val})) < 3:
+        print(f"sft: no held-out InfoNCE: the val split has {n_val} videos, a turn needs 3",
+              flush=True)
         val = []
     heldout = [e for e in _sft_examples(s, val, "val", vectors)
                if e.answer == "not_matched"] if val else []

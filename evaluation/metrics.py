@@ -109,8 +109,7 @@ def refinement_metrics(rows: Sequence[Row]) -> dict[str, float]:
     episodes: dict[Any, dict[int, Row]] = {}
     for row in rows:
         episodes.setdefault(row["query_id"], {})[int(row["turn"])] = row
-    n = refined = nxt = 0
-    diffs = []  # refined hit - next hit, per refined turn, in percent
+    hits = []  # (refined search found it, next result would have), per refined turn
     for turns in episodes.values():
         if 1 not in turns:
             continue
@@ -119,15 +118,14 @@ def refinement_metrics(rows: Sequence[Row]) -> dict[str, float]:
         for t in sorted(k for k in turns if k >= 2):
             row = turns[t]
             candidate = next((v for v in first["retrieved_ids"] if v not in shown), None)
-            n += 1
-            refined += row["video_id"] == row["gt_video_id"]
-            nxt += candidate == row["gt_video_id"]  # None (ranking used up) never is
-            diffs.append(100.0 * ((row["video_id"] == row["gt_video_id"])
-                                  - (candidate == row["gt_video_id"])))
+            # a None candidate (ranking used up) never is the ground truth
+            hits.append((row["video_id"] == row["gt_video_id"], candidate == row["gt_video_id"]))
             shown.append(row["video_id"])
-    out = {"refined_turns": n, "VR_refined": 100.0 * refined / n if n else 0.0,
-           "VR_next_in_ranking": 100.0 * nxt / n if n else 0.0}
-    if diffs:  # paired per turn: both searches answer the same refined turn
+    n = len(hits)
+    out = {"refined_turns": n, "VR_refined": 100.0 * sum(r for r, _ in hits) / n if n else 0.0,
+           "VR_next_in_ranking": 100.0 * sum(x for _, x in hits) / n if n else 0.0}
+    if hits:  # paired per turn: both searches answer the same refined turn
+        diffs = [100.0 * (r - x) for r, x in hits]
         out["VR_refined_minus_next"] = [sum(diffs) / n, *mean_ci(diffs)]
     return out
 

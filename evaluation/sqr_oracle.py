@@ -6,8 +6,8 @@ verifier rejects and refines), N soft inputs in the embedder's input space start
 text query exactly, by the residual read-out of `Embedder.encode_queries`) and descend the
 SFT's InfoNCE: the ground truth against the same hard negatives (the text search's top
 results but the one already shown). The refined search's first video not shown yet is
-compared with the text search's next one (`VR@next`). If even these oracle inputs rarely find the ground truth, the embedder
-and corpus give a learned refinement nothing to find.
+compared with the text search's next one (`VR@next`). If even these oracle inputs rarely find
+the ground truth, the embedder and corpus give a learned refinement nothing to find.
 """
 
 from __future__ import annotations

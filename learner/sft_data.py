@@ -95,7 +95,8 @@ def _negatives(exclude: set[str], ranked: list[str], pool: list[str], k: int,
                rng: np.random.Generator) -> list[str]:
     """k videos of `pool` outside `exclude`: the highest `ranked` first, then a seeded draw;
     all of them when the pool holds fewer."""
-    hard = [v for v in dict.fromkeys(ranked) if v in pool and v not in exclude][:k]
+    members = set(pool)
+    hard = [v for v in dict.fromkeys(ranked) if v in members and v not in exclude][:k]
     rest = [v for v in pool if v not in exclude and v not in hard]
     if not hard and not rest:
         raise ValueError("InfoNCE needs at least one negative but the split has no other video")
