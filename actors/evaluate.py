@@ -13,7 +13,7 @@ from corpus.video import decode_video
 from evaluation.episode_report import write_report
 from evaluation.metrics import compute_metrics
 from evaluation.predictions import predictions_table
-from evaluation.refinement import place, refinement_figure
+from evaluation.refinement import place, refinement_figure, soft_spread
 from evaluation.tvr import write_tvr_submission
 
 
@@ -33,7 +33,8 @@ def evaluate(session, split: str, tag: str) -> dict:
     write_tvr_submission(table, out, sorted(session.corpus.video_paths))
     metrics = compute_metrics(table)
     places = asyncio.run(_refined_places(session, episodes))
-    metrics.setdefault("refinement", {}).update(refinement_figure(places))
+    metrics.setdefault("refinement", {}).update(refinement_figure(places), soft_spread=soft_spread(
+        [t.soft_tokens for turns in episodes for t in turns if t.soft_tokens]))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     final = metrics["final"]
     summary = {"queries": final["num_queries"]} | {

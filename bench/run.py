@@ -17,10 +17,22 @@ RESULTS = ROOT / "bench" / "results.json"
 SUITES = ["retrieval", "rollout", "learner", "e2e", "trl_compare", "parse"]
 
 
+def cpu_model() -> str:
+    """The CPU's model name: timings from two hosts of the same size differ 2-3x."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
+def machine() -> dict:
+    """Where and when a suite ran; each suite keeps its own, as `--only` reruns one suite."""
+    return {"cpu": cpu_model(), "cpus": torch.get_num_threads(), "platform": platform.platform(),
+            "cuda": torch.cuda.is_available(), "date": time.strftime("%Y-%m-%d")}
+
+
 def main(only: list[str]) -> int:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results["machine"] = {"cpus": torch.get_num_threads(), "platform": platform.platform(),
-                          "cuda": torch.cuda.is_available(), "date": time.strftime("%Y-%m-%d")}
     failed = 0
     for name in only or SUITES:
         try:
@@ -33,6 +45,7 @@ def main(only: list[str]) -> int:
         try:
             results[name] = module.run({})
             results[name]["bench_seconds"] = round(time.perf_counter() - started, 1)
+            results[name]["machine"] = machine()
         except Exception:  # noqa: BLE001 - one broken suite must not hide the others
             failed += 1
             traceback.print_exc()

@@ -42,3 +42,15 @@ def refinement_figure(turns: Sequence[tuple[int, GroundTruthPlace, GroundTruthPl
         return {"turns": 0, "per_turn": {}}
     per_turn = {str(t): summary([r for r in turns if r[0] == t]) for t in sorted({r[0] for r in turns})}
     return summary(turns) | {"per_turn": per_turn}
+
+
+def soft_spread(soft_tokens: Sequence[np.ndarray]) -> float | None:
+    """The share of the soft tokens' energy that differs between refined searches:
+    sum ||s_i - mean||^2 / sum ||s_i||^2 over the turns' [N, D] soft tokens. Near 0 the heads
+    emit one query-independent refinement (a learned prompt, not a refinement of this query);
+    None with fewer than two turns."""
+    if len(soft_tokens) < 2:
+        return None
+    s = np.stack([np.asarray(t, np.float64) for t in soft_tokens])
+    energy = float((s**2).sum())
+    return float(((s - s.mean(0)) ** 2).sum() / energy) if energy > 0 else 0.0

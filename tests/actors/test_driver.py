@@ -73,6 +73,8 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
         assert figure["turns"] == refined
         if refined:
             assert 1 <= figure["gt_rank_after"] <= results["stages"]["index"]["indexed"]
+        spread = figure["soft_spread"]  # how much the soft tokens differ between turns
+        assert spread is None or 0.0 <= spread <= 1.0
         sub = json.loads(open(f"{out}/tvr_submission.json").read())
         assert len(sub["VCMR"]) == results["eval"][tag]["final"]["num_queries"]
     assert results["stages"]["grpo"]["steps"] == 2

@@ -1,5 +1,6 @@
 """The before/after table and the training plot."""
 
+import numpy as np
 import pytest
 
 from evaluation.report import comparison_table
@@ -86,3 +87,15 @@ def test_refinement_figure_ranks_and_cosines():
     assert fig["gt_rank_improved"] == pytest.approx(200 / 3)
     assert fig["per_turn"]["2"]["gt_rank_before"] == 4.0 and fig["per_turn"]["3"]["turns"] == 1
     assert refinement_figure([]) == {"turns": 0, "per_turn": {}}
+
+
+def test_soft_spread_is_the_share_that_differs_between_turns():
+    from evaluation.refinement import soft_spread
+
+    same = np.ones((2, 3))
+    assert soft_spread([same, same, same]) == 0.0  # one refinement whatever the query
+    assert soft_spread([same, -same]) == 1.0  # mean zero: all of it differs
+    # mean [[1, 0]], deviations +-[[1, 0]]: 2 of the energy 4 differs
+    assert soft_spread([np.array([[0.0, 0.0]]), np.array([[2.0, 0.0]])]) == pytest.approx(0.5)
+    assert soft_spread([same]) is None
+    assert soft_spread([np.zeros((1, 2)), np.zeros((1, 2))]) == 0.0
