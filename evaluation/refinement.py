@@ -45,8 +45,8 @@ def refinement_figure(turns: Sequence[tuple[int, GroundTruthPlace, GroundTruthPl
 
 
 def soft_spread(soft_tokens: Sequence[np.ndarray]) -> float | None:
-    """The share of the soft tokens' energy that differs between refined searches:
-    sum ||s_i - mean||^2 / sum ||s_i||^2 over the turns' [N, D] soft tokens. Near 0 the heads
+    """The share of the soft tokens' energy that differs between the turns that emitted them:
+    sum ||s_i - mean||^2 / sum ||s_i||^2 over those turns' [N, D] soft tokens. Near 0 the heads
     emit one query-independent refinement (a learned prompt, not a refinement of this query);
     None with fewer than two turns."""
     if len(soft_tokens) < 2:
