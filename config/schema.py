@@ -108,6 +108,9 @@ class SynthConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+    # Queries write the colour capitalised ("a Red circle ..."), which the tiny embedder
+    # underweights: the FIG premise, for research on refinement (corpus/synth.py).
+    capital_colours: bool = False
 
 
 @dataclass

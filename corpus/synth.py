@@ -11,6 +11,13 @@ corpus, so the ground-truth video is the only correct answer. Only such unique e
 queried. Near-duplicate copies differ from their original in one event, and the shared
 events are by construction not unique, so a pair's queries are about the changed event
 and each video of the pair is a true hard negative for the other's query.
+
+With `capital_colours` queries write the colour capitalised ("a Red circle moves left on a
+navy background"); the annotations the policy learns to caption stay lower-case. The tiny embedder is pretrained on
+lower-case captions, so it reads a capitalised colour as byte pieces it never learned and
+ranks mostly by shape, motion and background: the synthetic form of the FIG datasets' premise,
+fine-grained details the search engine underweights and the policy reads. A wrong top-1 then
+tells what to refine (docs/experiments.md, "The FIG premise").
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ MIN_SPAN, MAX_SPAN = 2, 6  # seconds
 VERSION = 3  # bump when the rendering changes, so old corpora regenerate
 
 
-def describe(colour: str, shape: str, motion: str, background: str) -> str:
-    return f"a {colour} {shape} moves {motion} on a {background} background"
+def describe(colour: str, shape: str, motion: str, background: str, capital_colour: bool = False) -> str:
+    """The caption the tiny models are pretrained on; with `capital_colour` the query form of
+    the run's corpus ("a Red circle moves ...", `SynthConfig.capital_colours`)."""
+    return f"a {colour.capitalize() if capital_colour else colour} {shape} moves {motion} on a {background} background"
 
 
 @dataclass
@@ -62,8 +71,8 @@ class Video:
     events: list[Event]
     near_duplicate_of: str | None = None
 
-    def describe(self, e: Event) -> str:
-        return describe(e.colour, e.shape, e.motion, self.background)
+    def describe(self, e: Event, capital_colour: bool = False) -> str:
+        return describe(e.colour, e.shape, e.motion, self.background, capital_colour)
 
 
 @dataclass
@@ -120,7 +129,8 @@ def generate_corpus(cfg: SynthConfig, out_dir: Path, progress: bool = False) -> 
         picked = sorted(rng.permutation(len(unique))[: cfg.queries_per_video])
         for j, k in enumerate(picked):
             e = unique[k]
-            query_rows.append(dict(query_id=f"{v.video_id}:q{j}", video_id=v.video_id, text=v.describe(e),
+            query_rows.append(dict(query_id=f"{v.video_id}:q{j}", video_id=v.video_id,
+                                   text=v.describe(e, cfg.capital_colours),
                                    start_s=float(e.start_s), end_s=float(e.end_s),
                                    duration_s=float(cfg.seconds), split=splits[v.video_id], source="synth"))
     write_parquet(videos_table(video_rows), out_dir / "videos.parquet")

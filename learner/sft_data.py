@@ -53,8 +53,8 @@ SAME, DIFFERS = "same", "differs"  # the check's word after each pair
 
 def template_words(texts: list[str], share: float = 0.5) -> frozenset[str]:
     """Words at least `share` of the descriptions use ("a", "on", ...): they say nothing about
-    which moment is meant, so the check skips them."""
-    counts = Counter(w for t in texts for w in set(t.split()))
+    which moment is meant, so the check skips them. Lower-case, as the check compares."""
+    counts = Counter(w for t in texts for w in set(t.lower().split()))
     return frozenset(w for w, n in counts.items() if n >= share * len(texts))
 
 
@@ -64,8 +64,8 @@ def _content(words: list[str], skip: frozenset[str]) -> list[str]:
 
 def check(query: str, caption: str, skip: frozenset[str]) -> str:
     """Each content word of the query beside the caption's word in its place (words aligned by
-    difflib), then "same" or "differs"."""
-    q, c = query.split(), caption.split()
+    difflib, case ignored), then "same" or "differs"."""
+    q, c = query.lower().split(), caption.lower().split()
     pairs = []
     for op, i1, i2, j1, j2 in SequenceMatcher(None, q, c, autojunk=False).get_opcodes():
         a, b = _content(q[i1:i2], skip), _content(c[j1:j2], skip)

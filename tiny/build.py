@@ -240,7 +240,8 @@ def _pretrain(cache_dir: Path, policy_dir: Path, embedder_dir: Path, video: Vide
     # resource-sharer thread in the caller blocked in accept() until interpreter exit.
     torch.set_rng_state(torch.tensor(rng_state, dtype=torch.uint8))
     def corpus(name: str, num_videos: int, offset: int):
-        return generate_corpus(SynthConfig(num_videos=num_videos, seed=seed + offset),
+        # Lower-case colours only: the engine never learns the run's query form (corpus/synth.py).
+        return generate_corpus(SynthConfig(num_videos=num_videos, seed=seed + offset, capital_colours=False),
                                cache_dir / f"pretrain-corpus-{name}")
 
     reports = {}

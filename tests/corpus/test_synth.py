@@ -8,7 +8,7 @@ import pytest
 
 from config.schema import SynthConfig, VideoConfig
 from corpus.schema import QUERY_SCHEMA, VIDEO_SCHEMA
-from corpus.synth import BACKGROUNDS, COLOURS, generate_corpus, moments_of, splits_of
+from corpus.synth import BACKGROUNDS, COLOURS, generate_corpus, moments_of, scenes_of, splits_of
 from corpus.tables import load_corpus
 from corpus.video import decode_video, probe_video
 
@@ -149,10 +149,11 @@ def test_pixels_show_events_exactly_in_their_spans(manifest, frames):
 
 
 def test_every_event_is_an_annotated_moment(corpus, queries, manifest):
-    """SFT targets may describe every event of a training video; the queries are a subset."""
+    """SFT targets may describe every event of a training video; the queries are a subset
+    (up to the queries' capitalised colour)."""
     moments = moments_of(corpus)
     assert len(moments) == sum(len(v["events"]) for v in manifest["videos"].values())
-    key = lambda r: (r["video_id"], r["text"], r["start_s"], r["end_s"], r["split"])  # noqa: E731
+    key = lambda r: (r["video_id"], r["text"].lower(), r["start_s"], r["end_s"], r["split"])  # noqa: E731
     assert {key(q) for q in queries} < {key(m) for m in moments}
     tables = load_corpus(corpus.videos_path, corpus.queries_path, moments)
     train = tables.annotated("train")
@@ -160,6 +161,21 @@ def test_every_event_is_an_annotated_moment(corpus, queries, manifest):
     assert len(train) > len(tables.queries("train"))
     bare = load_corpus(corpus.videos_path, corpus.queries_path)  # an imported corpus
     assert bare.annotated("train") == [r for r in queries if r["split"] == "train"]
+
+
+def test_capital_colours_capitalise_the_queries_only(queries, tmp_path):
+    """`capital_colours`: queries write the colour capitalised (the form the embedder
+    underweights) about the same events; annotations stay lower-case, as by default."""
+    capital = generate_corpus(replace(CFG, capital_colours=True), tmp_path)
+    scenes = scenes_of(capital)
+    rows = pq.read_table(capital.queries_path).to_pylist()
+    assert [(q["query_id"], q["text"].lower()) for q in rows] == [(q["query_id"], q["text"]) for q in queries]
+    for q in rows:
+        e = next(e for e in scenes[q["video_id"]].events if e.start_s == q["start_s"])
+        background = scenes[q["video_id"]].background
+        assert q["text"] == f"a {e.colour.capitalize()} {e.shape} moves {e.motion} on a {background} background"
+    assert all(q["text"] == q["text"].lower() for q in queries)
+    assert all(m["text"] == m["text"].lower() for m in moments_of(capital))
 
 
 def test_split_shares_follow_the_config(tmp_path):

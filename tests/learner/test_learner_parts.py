@@ -295,6 +295,10 @@ def test_check_puts_each_query_word_beside_the_captions_word_in_its_place():
     assert check("a red circle", "a red circle quickly", frozenset({"a"})) == (
         "Check: red red same, circle circle same, nothing quickly differs.")
     assert check("a", "a", frozenset({"a"})) == "Check: nothing."
+    # Case is ignored (the synthetic queries capitalise the colour): lower-case words out.
+    assert check("a Red circle moves left on a navy background", texts[0], skip) == (
+        "Check: red red same, circle circle same, left left same, navy navy same.")
+    assert template_words(["A red circle", "a blue square", "a green triangle"]) == {"a"}
 
 
 def test_sft_examples_stay_inside_their_split(learner_cfg, corpus_rows):
