@@ -17,7 +17,7 @@ navy background"); the annotations the policy learns to caption stay lower-case.
 lower-case captions, so it reads a capitalised colour as byte pieces it never learned and
 ranks mostly by shape, motion and background: the synthetic form of the FIG datasets' premise,
 fine-grained details the search engine underweights and the policy reads. A wrong top-1 then
-tells what to refine (docs/experiments.md, "The FIG premise").
+tells what to refine (docs/experiments.md, "SQR: the FIG premise built into the corpus").
 """
 
 from __future__ import annotations
