@@ -13,11 +13,11 @@ events are by construction not unique, so a pair's queries are about the changed
 and each video of the pair is a true hard negative for the other's query.
 
 With `capital_colours` queries write the colour capitalised ("a Red circle moves left on a
-navy background"); the annotations the policy learns to caption stay lower-case. The tiny embedder is pretrained on
-lower-case captions, so it reads a capitalised colour as byte pieces it never learned and
-ranks mostly by shape, motion and background: the synthetic form of the FIG datasets' premise,
-fine-grained details the search engine underweights and the policy reads. A wrong top-1 then
-tells what to refine (docs/experiments.md, "SQR: the FIG premise built into the corpus").
+navy background"); the annotations the policy learns to caption stay lower-case. The tiny
+embedder is pretrained on lower-case captions, so it reads a capitalised colour as byte pieces
+it never learned and ranks mostly by shape, motion and background: the synthetic form of the
+FIG datasets' premise, fine-grained details the search engine underweights and the policy
+reads. A wrong top-1 then tells what to refine (docs/experiments.md, "SQR: the FIG premise built into the corpus").
 """
 
 from __future__ import annotations
