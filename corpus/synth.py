@@ -17,7 +17,8 @@ navy background"); the annotations the policy learns to caption stay lower-case.
 embedder is pretrained on lower-case captions, so it reads a capitalised colour as byte pieces
 it never learned and ranks mostly by shape, motion and background: the synthetic form of the
 FIG datasets' premise, fine-grained details the search engine underweights and the policy
-reads. A wrong top-1 then tells what to refine (docs/experiments.md, "SQR: the FIG premise built into the corpus").
+reads. A wrong top-1 then tells what to refine (docs/experiments.md, "SQR: the FIG premise
+built into the corpus").
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ VERSION = 3  # bump when the rendering changes, so old corpora regenerate
 def describe(colour: str, shape: str, motion: str, background: str, capital_colour: bool = False) -> str:
     """The caption the tiny models are pretrained on; with `capital_colour` the query form of
     the run's corpus ("a Red circle moves ...", `SynthConfig.capital_colours`)."""
-    return f"a {colour.capitalize() if capital_colour else colour} {shape} moves {motion} on a {background} background"
+    written = colour.capitalize() if capital_colour else colour
+    return f"a {written} {shape} moves {motion} on a {background} background"
 
 
 @dataclass

@@ -51,10 +51,15 @@ def moment_sentence(text: str, start: float, end: float) -> str:
 SAME, DIFFERS = "same", "differs"  # the check's word after each pair
 
 
+def _words(text: str) -> list[str]:
+    """The words the check compares, case ignored (the synthetic queries may capitalise one)."""
+    return text.lower().split()
+
+
 def template_words(texts: list[str], share: float = 0.5) -> frozenset[str]:
     """Words at least `share` of the descriptions use ("a", "on", ...): they say nothing about
-    which moment is meant, so the check skips them. Lower-case, as the check compares."""
-    counts = Counter(w for t in texts for w in set(t.lower().split()))
+    which moment is meant, so the check skips them."""
+    counts = Counter(w for t in texts for w in set(_words(t)))
     return frozenset(w for w, n in counts.items() if n >= share * len(texts))
 
 
@@ -65,7 +70,7 @@ def _content(words: list[str], skip: frozenset[str]) -> list[str]:
 def check(query: str, caption: str, skip: frozenset[str]) -> str:
     """Each content word of the query beside the caption's word in its place (words aligned by
     difflib, case ignored), then "same" or "differs"."""
-    q, c = query.lower().split(), caption.lower().split()
+    q, c = _words(query), _words(caption)
     pairs = []
     for op, i1, i2, j1, j2 in SequenceMatcher(None, q, c, autojunk=False).get_opcodes():
         a, b = _content(q[i1:i2], skip), _content(c[j1:j2], skip)
