@@ -167,6 +167,7 @@ def stage_sft(s: Session, state: JobState) -> dict:
         metrics = learner.sft_step(chunk)
         history.append(metrics)
         s.metrics.learner_step(metrics, stage="sft", step=step)
+    fit = learner.fit_heads(examples, heldout) if cfg.sqr.fit_steps else None
     after = learner.sft_eval(heldout) if heldout else None
     export = s.work / "checkpoints" / "sft_export"
     learner.export_hf(export)
@@ -175,6 +176,11 @@ def stage_sft(s: Session, state: JobState) -> dict:
     state.update(stage="sft", sft_export=str(export))
     out = {"steps": len(history), "first": history[0] if history else {},
            "last": history[-1] if history else {}, "export": str(export)}
+    if fit:
+        out["heads_fit"] = fit
+        errors = [f"{k.replace('_', ' ')} {v[0]:.3f} -> {v[1]:.3f}" for k, v in fit.items()
+                  if k != "steps"]
+        print(f"sft: heads fit ({fit['steps']} steps): " + ", ".join(errors), flush=True)
     if heldout:
         out |= heldout_change(before, after)
         print(f"sft: held-out InfoNCE {out['heldout_infonce'][0]:.3f} -> "

@@ -184,6 +184,9 @@ class LearnerGroup:
     def sft_step(self, examples: list) -> dict[str, float]:
         return self._call("sft_step", examples)
 
+    def fit_heads(self, examples: list, heldout: list) -> dict:
+        return self._call("fit_heads", examples, heldout)
+
     def sft_eval(self, examples: list) -> dict[str, float]:
         return self._call("sft_eval", examples)
 

@@ -159,6 +159,12 @@ class SQRConfig:
     # lambda x InfoNCE of the refined query (the mean's, as in SFT) added to GRPO's loss under
     # the latent policy: the heads keep a dense retrieval signal beside the reward's.
     latent_infonce_lambda: float = 0.3
+    # After SFT the heads are fit afresh (plain Adam, the policy frozen) to map each not-matched
+    # turn's slot states onto the embedder's inputs of the query words the shown video lacks
+    # (learner.heads_fit says why); 0 steps keeps the heads SFT's InfoNCE left.
+    fit_steps: int = 1500
+    fit_lr: float = 1e-3
+    fit_batch_size: int = 32
 
 
 @dataclass

@@ -22,6 +22,7 @@ from learner import checkpoint, weights
 from learner.batch import Row, VideoInputs, collate, prefix_groups
 from learner.engine import build_engine, build_reference, device
 from learner.grpo import GRPOLoss, grpo_rows, normaliser, warn_mismatch
+from learner.heads_fit import fit_heads
 from learner.module import PolicyWithHeads, set_trainable
 from learner.sample import Sample
 from learner.schedule import plan
@@ -125,6 +126,39 @@ class Learner:
                     loss(self.engine, batch, key, normalisers(mb_rows), stats)
                 out.append(stats.reduce())
         return out
+
+    def fit_heads(self, examples: list[SFTExample], heldout: list[SFTExample]) -> dict:
+        """Fit the SQR heads afresh on this policy's slot states (learner.heads_fit), after the
+        stage's last step: every rank forwards the same turns in step (a ZeRO-3 forward is a
+        collective), rank 0 fits, and the fitted heads reach every rank's engine. Returns rank
+        0's report (`heldout`: the turns its val_error is measured on)."""
+        self._require("sft")
+        sqr = self.cfg.sqr
+        train, val = self._slot_targets(examples), self._slot_targets(heldout)
+        state, report = None, {}
+        if self.rank == 0:
+            heads, report = fit_heads(self.engine.module.heads.cfg, *train, sqr.fit_steps,
+                                      sqr.fit_lr, sqr.fit_batch_size, self.cfg.train.seed, val)
+            state = heads.state_dict()
+        weights.set_heads(self.engine, state)
+        return report
+
+    def _slot_targets(self, examples: list[SFTExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """([R, N, H] slot states, [R, N, D_emb] targets) of the examples that name what their
+        shown video lacks."""
+        chosen = [e for e in examples if e.refine_words]
+        n = self.cfg.sqr.num_tokens
+        rows = sft_rows(chosen, self.processor, self.videos, self.slot_id, n)
+        states = []
+        with torch.no_grad():
+            for i in range(0, len(rows), self.cfg.learner.micro_batch_size):
+                batch = collate(rows[i:i + self.cfg.learner.micro_batch_size], self.processor,
+                                self.merge, self.device)
+                states.append(self.engine.module.slot_states(**batch.inputs).float())
+        hidden = self.engine.module.heads.cfg.policy_hidden
+        states = torch.cat(states) if states else torch.zeros(0, n, hidden, device=self.device)
+        targets = self.embedder.word_inputs([e.refine_words for e in chosen], n)
+        return states, targets.to(self.device)
 
     def _require(self, stage: str) -> None:
         if self.stage != stage:

@@ -201,6 +201,15 @@ def refined_query_infonce(encode, batch, soft: Tensor, tau: float) -> tuple[Tens
     return per_row, weights
 
 
+def refinement_target_error(soft: Tensor, target: Tensor) -> Tensor:
+    """[B] each row's squared error of its soft tokens [B, N, D_emb] from the target slot inputs,
+    relative to the target's own squared norm (0: exact, 1: as far as predicting zeros), so its
+    scale does not depend on the embedder's; 0 for a row whose target is all zeros."""
+    norm = (target ** 2).sum((1, 2))
+    err = ((soft - target) ** 2).sum((1, 2))
+    return torch.where(norm > 0, err / norm.clamp(min=1e-12), err * 0.0)
+
+
 def sft_loss(ce: Tensor, nce: Tensor, lam: float) -> Tensor:
     """SFT objective: language-model CE plus lam times the retrieval InfoNCE on the query latents."""
     return ce + lam * nce

@@ -36,9 +36,16 @@ class PolicyWithHeads(nn.Module):
         logits = self.policy.lm_head(hidden)
         if slot_index is None:
             return logits, None, None
-        index = slot_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        soft = self.heads.soft_tokens(hidden.gather(1, index))
+        soft = self.heads.soft_tokens(at_slots(hidden, slot_index))
         return logits, self.heads.to_embedder(soft), soft
+
+    def slot_states(self, slot_index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """[B, N, H] the final hidden states at the slots, what the heads read."""
+        return at_slots(suffix_hidden(self.policy, **inputs), slot_index)
+
+
+def at_slots(hidden: torch.Tensor, slot_index: torch.Tensor) -> torch.Tensor:
+    return hidden.gather(1, slot_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
 def set_trainable(module: PolicyWithHeads, heads: bool, vision: bool) -> None:

@@ -42,6 +42,9 @@ class SFTExample:
     target: str  # the assistant text to learn
     positive: np.ndarray  # [D_emb] the ground-truth video's vector
     negatives: np.ndarray  # [K, D_emb]
+    # not matched: the query's words the check finds differing in the shown video (what the
+    # refinement should add to the search; SFTLoss's target term)
+    refine_words: tuple[str, ...] = ()
 
 
 def moment_sentence(text: str, start: float, end: float) -> str:
@@ -67,9 +70,9 @@ def _content(words: list[str], skip: frozenset[str]) -> list[str]:
     return [w for w in words if w not in skip]
 
 
-def check(query: str, caption: str, skip: frozenset[str]) -> str:
-    """Each content word of the query beside the caption's word in its place (words aligned by
-    difflib, case ignored), then "same" or "differs"."""
+def _pairs(query: str, caption: str, skip: frozenset[str]) -> list[tuple[str, str]]:
+    """(query words, caption words) in their places: difflib aligns the words (case ignored);
+    template words are left out, and a run of unequal length is one pair."""
     q, c = _words(query), _words(caption)
     pairs = []
     for op, i1, i2, j1, j2 in SequenceMatcher(None, q, c, autojunk=False).get_opcodes():
@@ -80,8 +83,28 @@ def check(query: str, caption: str, skip: frozenset[str]) -> str:
             pairs += list(zip(a, b, strict=True))
         else:
             pairs.append((" ".join(a) or "nothing", " ".join(b) or "nothing"))
-    written = [f"{a} {b} {SAME if a == b else DIFFERS}" for a, b in pairs]
+    return pairs
+
+
+def check(query: str, caption: str, skip: frozenset[str]) -> str:
+    """Each content word of the query beside the caption's word in its place, then "same" or
+    "differs"."""
+    written = [f"{a} {b} {SAME if a == b else DIFFERS}" for a, b in _pairs(query, caption, skip)]
     return "Check: " + (", ".join(written) or "nothing") + "."
+
+
+def differing_words(query: str, moments: list[tuple[str, float, float]],
+                    skip: frozenset[str]) -> tuple[str, ...]:
+    """The query's words that differ from the shown video's closest moment (the one with the
+    fewest differing pairs, the earliest on a tie): what the video lacks, so what a refined
+    search should stress. Empty when the video has no annotated moment."""
+    best: list[str] | None = None
+    for text, _, _ in sorted(moments, key=lambda m: (m[1], m[2])):
+        words = [w for a, b in _pairs(query, text, skip) if a != b for w in a.split()
+                 if a != "nothing"]
+        if best is None or len(words) < len(best):
+            best = words
+    return tuple(best or ())
 
 
 def reasoning(query: str, moments: list[tuple[str, float, float]], answer: str,
@@ -150,6 +173,8 @@ def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
         for answer, shown in (("matched", gt), ("not_matched", wrong)):
             span = (q["start_s"], q["end_s"]) if answer == "matched" else (None, None)
             think = reasoning(q["text"], moments.get(shown, []), answer, skip, *span)
+            lacks = (differing_words(q["text"], moments.get(shown, []), skip)
+                     if answer == "not_matched" else ())
             out.append(SFTExample(qid, q["text"], shown, video_paths[shown], answer,
-                                  format_response(answer, think, *span), pos, neg_vecs))
+                                  format_response(answer, think, *span), pos, neg_vecs, lacks))
     return [out[i] for i in rng.permutation(len(out))]

@@ -66,6 +66,24 @@ def full_state(engine, policy: bool = True, only: set[str] | None = None
     return split_state(state)
 
 
+def set_heads(engine, state: dict[str, torch.Tensor] | None) -> None:
+    """Rank 0's SQR heads tensors (`state`, None elsewhere) into every rank's engine; a
+    collective. The optimizer's own fp32 copy is not updated, so this comes after a stage's last
+    step (the heads fit, before SFT's export)."""
+    import deepspeed
+
+    for name, param in engine.module.heads.named_parameters():
+        if _zero3(engine):
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                if _rank() == 0:
+                    param.data.copy_(state[name])
+            continue
+        if _rank() == 0:
+            param.data.copy_(state[name])
+        if dist.is_initialized():
+            dist.broadcast(param.data, 0)
+
+
 def export_hf(engine, processor, out_dir: str | Path) -> Path | None:
     """Write the policy as a Hugging Face directory (rank 0; written aside, then renamed)."""
     out = Path(out_dir)

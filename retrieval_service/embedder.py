@@ -177,6 +177,19 @@ class Embedder:
         refined, baseline = self._normalise(out, mask).chunk(2)
         return nn.functional.normalize(self._encode_text(texts) + refined - baseline, dim=-1)
 
+    def word_inputs(self, words: list[tuple[str, ...]], num_slots: int) -> torch.Tensor:
+        """[B, N, D_emb] float32: each row's words as the embedder reads them mid-sentence (the
+        input embeddings of " word"'s tokens, in order), cut to N slots, zeros after: where a
+        refinement that names these words would put the slot inputs."""
+        table = self.model.get_input_embeddings().weight
+        out = torch.zeros(len(words), num_slots, table.shape[1], device=table.device)
+        for i, row in enumerate(words):
+            ids = [t for w in row for t in self.tokenizer(" " + w, add_special_tokens=False).input_ids]
+            if ids:
+                ids = torch.tensor(ids[:num_slots], device=table.device)
+                out[i, :len(ids)] = table[ids].detach().float()
+        return out
+
     def _encode_text(self, texts: list[str]) -> torch.Tensor:
         batch = self.tokenize_queries(texts, 0)
         mask = batch["attention_mask"]

@@ -56,6 +56,9 @@ def test_all_stages_write_what_a_user_reads(short_cfg, first_run):
     assert set(paired) == {"grpo-sft", "sft-untrained"}
     # 12 videos leave the val split one: too few for a held-out refined turn, which is skipped
     assert "heldout_infonce" not in results["stages"]["sft"]
+    fit = results["stages"]["sft"]["heads_fit"]  # the heads fit afresh after SFT's steps
+    assert fit["steps"] == short_cfg.sqr.fit_steps > 0 and fit["train_error"][0] == pytest.approx(1.0)
+    assert fit["train_error"][1] < fit["train_error"][0] and "val_error" not in fit
     mean, low, high = paired["grpo-sft"]["reward"]
     assert low <= mean <= high
     for tag in results["eval"]:

@@ -63,7 +63,8 @@ def test_grpo_step_moves_logprobs_along_the_advantages(group, learner_cfg, model
 
 
 def test_two_ranks_under_zero2_and_zero3_update_like_one_rank(ray_cluster, group, learner_cfg,
-                                                              model_dirs, grpo_samples, tmp_path):
+                                                              model_dirs, grpo_samples,
+                                                              sft_examples, tmp_path):
     """Same batch, same global batch size (1 rank x 2 accumulation steps = 2 ranks x 1), two
     steps (the second with Adam state and a KL term): the same losses and the same update. Adam
     divides by sqrt(v), so a gradient that is ~0 up to roundoff can move a weight by up to lr
@@ -92,6 +93,25 @@ def test_two_ranks_under_zero2_and_zero3_update_like_one_rank(ray_cluster, group
             assert diff / update < 1e-4 and worst < 0.05 * learner_cfg.learner.lr, (stage, diff, worst)
         exported = load_policy(two.export_hf(tmp_path / "zero3_export"))[0].state_dict()
         assert all(torch.equal(exported[n], got[n]) for n in got), "ZeRO-3 export = gathered weights"
+
+        from models.sqr_heads import SQRHeads
+
+        # the heads fit: rank 0 fits, and the fitted heads reach both ranks' partitions (the
+        # gather then equals what one rank fits on the same turns)
+        fit = dataclasses.replace(cfg, sqr=dataclasses.replace(cfg.sqr, fit_steps=20))
+        two.build("sft", model_dirs[0], model_dirs[1], cfg=fit, ds_overrides={
+            "zero_optimization": {"stage3_param_persistence_threshold": 0}})
+        report = two.fit_heads(sft_examples, [])
+        group.build("sft", model_dirs[0], model_dirs[1], cfg=dataclasses.replace(
+            _cfg(learner_cfg), sqr=fit.sqr))
+        assert group.fit_heads(sft_examples, [])["train_error"] == pytest.approx(
+            report["train_error"], rel=1e-4)
+        assert report["train_error"][1] < report["train_error"][0] == pytest.approx(1.0)
+        (_, _, fitted_two), (_, _, fitted_one) = _weights(two), _weights(group)
+        initial = SQRHeads.load(model_dirs[0]).state_dict()
+        for name, value in fitted_one.items():
+            torch.testing.assert_close(fitted_two[name], value, atol=1e-4, rtol=1e-3)
+            assert not torch.equal(value, initial[name]), name
     finally:
         two.shutdown()
 

@@ -301,6 +301,22 @@ def test_check_puts_each_query_word_beside_the_captions_word_in_its_place():
     assert template_words(["A red circle", "a blue square", "a green triangle"]) == {"a"}
 
 
+def test_the_refinement_target_is_what_the_closest_moment_lacks():
+    from learner.sft_data import differing_words
+
+    skip = frozenset({"a", "moves", "on", "background"})
+    query = "a Red circle moves left on a navy background"
+    shown = [("a blue square moves up on a dark green background", 0, 4),
+             ("a blue circle moves left on a navy background", 4, 8)]
+    assert differing_words(query, shown, skip) == ("red",)
+    # a run of unequal length gives each of its query words; "nothing" is no word
+    assert differing_words(query, shown[:1], skip) == ("red", "circle", "left", "navy")
+    assert differing_words("a red circle quickly", [("a red circle", 0, 1)], frozenset({"a"})) == (
+        "quickly",)
+    assert differing_words("a red circle", [("a red circle quickly", 0, 1)], frozenset({"a"})) == ()
+    assert differing_words(query, [], skip) == ()
+
+
 def test_sft_examples_stay_inside_their_split(learner_cfg, corpus_rows):
     """A video outside `annotated` (e.g. a test video) is never shown, never a negative and its
     moments never enter a target; the shown wrong video is no negative either (the refined
@@ -331,6 +347,9 @@ def test_sft_examples_pair_matched_and_not_matched_turns(learner_cfg, sft_exampl
         parsed = parse_response(matched.target)
         assert parsed.well_formed and (parsed.start, parsed.end) == (q["start_s"], q["end_s"])
         assert parse_response(wrong.target).well_formed and not parse_response(wrong.target).matched
+        # the not-matched turn names what the shown video lacks; a matched turn searches no more
+        assert wrong.refine_words and set(wrong.refine_words) <= set(q["text"].lower().split())
+        assert matched.refine_words == ()
         # the wrongly shown top-1 is the best-ranked wrong annotated video; the best-ranked
         # wrong video leads the negatives
         annotated = {r["video_id"] for r in queries}

@@ -331,3 +331,21 @@ def test_behaviour_weights_scale_each_tokens_surrogate():
     plain, _ = policy_loss(lp.detach(), old, adv, mask, 0.2)
     same, _ = policy_loss(lp.detach(), old, adv, mask, 0.2, behaviour_weights=torch.ones(1, 2))
     assert torch.equal(plain, same)
+
+
+def test_refinement_target_error_is_relative_to_the_target():
+    from learner.losses import refinement_target_error
+
+    target = torch.zeros(3, 2, 4)
+    target[0, 0] = torch.tensor([2.0, 0, 0, 0])  # |t|^2 = 4
+    target[1, 1] = torch.tensor([0, 1.0, 1.0, 0])  # |t|^2 = 2
+    soft = torch.zeros(3, 2, 4, requires_grad=True)
+    with torch.no_grad():
+        soft[0, 0, 0] = 1.0  # error 1 of 4
+        soft[1] = target[1]  # exact
+        soft[2, 0, 0] = 5.0  # a row with no target counts nothing
+    err = refinement_target_error(soft, target)
+    torch.testing.assert_close(err, torch.tensor([0.25, 0.0, 0.0]))
+    assert refinement_target_error(torch.zeros_like(target), target)[:2].tolist() == [1.0, 1.0]
+    err.sum().backward()
+    assert not soft.grad[2].any() and soft.grad[0, 0, 0] == pytest.approx(2 * (1 - 2) / 4)

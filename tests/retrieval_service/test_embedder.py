@@ -130,3 +130,14 @@ def test_query_vectors_do_not_depend_on_the_previous_video_forward(embedder, syn
     paths = sorted((synth.out_dir / "videos").glob("*.mp4"))[:4]
     embedder.encode_videos([embedder.decode(p) for p in paths])
     torch.testing.assert_close(embedder.encode_queries(TEXTS), before, atol=1e-6, rtol=0)
+
+
+def test_word_inputs_are_the_embedders_inputs_of_the_words_mid_sentence(embedder):
+    table = embedder.model.get_input_embeddings().weight
+    pieces = embedder.tokenizer(" red navy", add_special_tokens=False).input_ids
+    out = embedder.word_inputs([("red", "navy"), (), ("red",) * 20], 4)
+    assert out.shape == (3, 4, embedder.dim) and out.dtype == torch.float32
+    torch.testing.assert_close(out[0, :len(pieces)], table[pieces].float())
+    assert not out[0, len(pieces):].any() and not out[1].any()
+    # cut to the slots: 20 words fill 4
+    assert (out[2].abs().sum(-1) > 0).all()
