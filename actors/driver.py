@@ -128,7 +128,7 @@ def _queries_of(s: Session, stage: str) -> list[Query]:
 
 
 def _sft_examples(s: Session, queries: list[Query], split: str,
-                  vectors: dict[str, np.ndarray]) -> list:
+                  vectors: dict[str, np.ndarray], wrong_per_query: int = 1) -> list:
     """SFT examples for a split's queries (their videos' moments only)."""
     cfg = s.cfg
     videos = {q.video_id for q in queries}
@@ -138,14 +138,16 @@ def _sft_examples(s: Session, queries: list[Query], split: str,
     return build_sft_examples(rows, s.corpus.video_paths, vectors, topk,
                               cfg.learner.infonce_negatives, cfg.train.seed,
                               annotated=[m for m in s.corpus.annotated(split)
-                                         if m["video_id"] in videos])
+                                         if m["video_id"] in videos],
+                              wrong_per_query=wrong_per_query)
 
 
 def stage_sft(s: Session, state: JobState) -> dict:
     cfg = s.cfg
     ids, vecs = read_embeddings(s.index_dir / "embeddings" / s.results["index"]["model_id"])
     vectors = dict(zip(ids, vecs, strict=True))
-    examples = _sft_examples(s, _queries_of(s, "sft"), "train", vectors)
+    queries = _queries_of(s, "sft")
+    examples = _sft_examples(s, queries, "train", vectors)
     # The refined query's InfoNCE on the val split's not-matched turns, before and after; a
     # turn needs three of the split's videos (the ground truth, the one shown, a negative).
     val = s.corpus.queries("val")
@@ -167,7 +169,9 @@ def stage_sft(s: Session, state: JobState) -> dict:
         metrics = learner.sft_step(chunk)
         history.append(metrics)
         s.metrics.learner_step(metrics, stage="sft", step=step)
-    fit = learner.fit_heads(examples, heldout) if cfg.sqr.fit_steps else None
+    fit = learner.fit_heads(_sft_examples(s, queries, "train", vectors,
+                                          cfg.sqr.fit_turns_per_query),
+                            heldout) if cfg.sqr.fit_steps else None
     after = learner.sft_eval(heldout) if heldout else None
     export = s.work / "checkpoints" / "sft_export"
     learner.export_hf(export)

@@ -159,12 +159,16 @@ class SQRConfig:
     # lambda x InfoNCE of the refined query (the mean's, as in SFT) added to GRPO's loss under
     # the latent policy: the heads keep a dense retrieval signal beside the reward's.
     latent_infonce_lambda: float = 0.3
-    # After SFT the heads are fit afresh (plain Adam, the policy frozen) to map each not-matched
-    # turn's slot states onto the embedder's inputs of the query words the shown video lacks
-    # (learner.heads_fit says why); 0 steps keeps the heads SFT's InfoNCE left.
-    fit_steps: int = 1500
+    # fit_steps > 0: after SFT the heads are fit afresh (plain Adam, the policy frozen) to map
+    # each not-matched turn's slot states onto the embedder's inputs of the query words the
+    # shown video lacks (learner.heads_fit). 0 keeps the heads SFT's InfoNCE left: on the
+    # default corpus the fit refines worse than next (docs/experiments.md, "The heads fit").
+    fit_steps: int = 0
     fit_lr: float = 1e-3
     fit_batch_size: int = 32
+    # not-matched turns per training query the fit learns from: its first k wrong videos (SFT's
+    # turn shows the first; the others are text the policy did not memorise)
+    fit_turns_per_query: int = 3
 
 
 @dataclass

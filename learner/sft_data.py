@@ -136,11 +136,13 @@ def _negatives(exclude: set[str], ranked: list[str], pool: list[str], k: int,
 def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
                        vectors: dict[str, np.ndarray], topk: dict[str, list[str]],
                        num_negatives: int, seed: int,
-                       annotated: list[dict] | None = None) -> list[SFTExample]:
+                       annotated: list[dict] | None = None,
+                       wrong_per_query: int = 1) -> list[SFTExample]:
     """`queries`: rows of the query table to make examples of; `annotated`: the training rows
     whose moments the reasoning may describe (default: `queries`); `topk`: query_id -> video
     ids the unrefined query retrieved, best first. Returns matched and not-matched examples,
-    shuffled (seeded)."""
+    shuffled (seeded): one matched turn per query, and a not-matched turn for each of its
+    first `wrong_per_query` wrong annotated videos (SFT: 1; the heads fit takes more turns)."""
     if num_negatives < 1:
         raise ValueError("the not-matched example shows a negative: num_negatives must be >= 1")
     rng = np.random.default_rng(seed)
@@ -163,14 +165,16 @@ def build_sft_examples(queries: list[dict], video_paths: dict[str, str],
             raise ValueError(f"query {qid}: its split has no other video to show as not "
                              "matched; use a larger corpus (corpus.synth.num_videos) or a "
                              "smaller train.grpo_video_fraction")
-        wrong = next((v for v in ranked if v != gt and v in moments), None)
-        if wrong is None:  # the search found none of the split's other videos
-            wrong = others[rng.integers(len(others))]
-        # The refined search never shows the rejected video again, so it is no negative.
-        negs = _negatives({gt, wrong}, ranked, pool, num_negatives, rng)
-        neg_vecs = np.stack([vectors[v] for v in negs]).astype(np.float32)
+        wrongs = [v for v in ranked if v != gt and v in moments][:wrong_per_query]
+        if not wrongs:  # the search found none of the split's other videos
+            wrongs = [others[rng.integers(len(others))]]
         pos = np.asarray(vectors[gt], np.float32)
-        for answer, shown in (("matched", gt), ("not_matched", wrong)):
+        # The refined search never shows the rejected video again, so it is no negative; the
+        # matched turn takes the first not-matched turn's negatives.
+        negs = {w: _negatives({gt, w}, ranked, pool, num_negatives, rng) for w in wrongs}
+        turns = [("matched", gt, wrongs[0])] + [("not_matched", w, w) for w in wrongs]
+        for answer, shown, rejected in turns:
+            neg_vecs = np.stack([vectors[v] for v in negs[rejected]]).astype(np.float32)
             span = (q["start_s"], q["end_s"]) if answer == "matched" else (None, None)
             think = reasoning(q["text"], moments.get(shown, []), answer, skip, *span)
             lacks = (differing_words(q["text"], moments.get(shown, []), skip)

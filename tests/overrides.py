@@ -15,7 +15,7 @@ SHORT_JOB = [
     "rollout.max_turns=2", "rollout.sampling.max_tokens=24", "train.sft_steps=2",
     "train.grpo_steps=2", "train.queries_per_step=2", "learner.micro_batch_size=4",
     "learner.checkpoint_every=1", "learner.infonce_negatives=3", "retrieval.topk=5",
-    "learner.kl_beta=0.0", "learner.keep_checkpoints=1",
+    "learner.kl_beta=0.0", "learner.keep_checkpoints=1", "sqr.fit_steps=20",
     # random models earn -1 in every episode: dynamic sampling would drop every group (its
     # path is tested in test_dynamic_sampling and runs in the job-submit test)
     "train.dynamic_sampling=false",

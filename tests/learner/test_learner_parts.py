@@ -357,6 +357,24 @@ def test_sft_examples_pair_matched_and_not_matched_turns(learner_cfg, sft_exampl
         assert wrong.negatives.shape == (k, wrong.positive.shape[0])
         cos = wrong.negatives @ wrong.positive
         assert (cos < 0.999).all(), "the ground truth is never a negative"
+    # the heads fit's turns: the first k wrong videos of the ranking, each a not-matched turn
+    # with its own negatives; k = 1 gives SFT's examples exactly
+    ranked = {q["query_id"]: sorted(paths)[:5] for q in queries[:2]}
+    vectors = {v: sft_examples[0].positive + 0.01 * i for i, v in enumerate(sorted(paths))}
+    one = build_sft_examples(queries[:2], paths, vectors, ranked, k, 0, annotated=queries)
+    again = build_sft_examples(queries[:2], paths, vectors, ranked, k, 0, annotated=queries,
+                               wrong_per_query=1)
+    assert [(e.query_id, e.video_id, e.target) for e in one] == [
+        (e.query_id, e.video_id, e.target) for e in again]
+    three = build_sft_examples(queries[:2], paths, vectors, ranked, k, 0, annotated=queries,
+                               wrong_per_query=3)
+    for q in queries[:2]:
+        shown = [e.video_id for e in three if e.query_id == q["query_id"] and e.answer == "not_matched"]
+        want = [v for v in ranked[q["query_id"]] if v != q["video_id"] and v in annotated][:3]
+        assert sorted(shown) == sorted(want)
+        for e in three:
+            if e.query_id == q["query_id"] and e.answer == "not_matched":
+                assert not any(np.allclose(n, vectors[e.video_id]) for n in e.negatives)
     few = {v: paths[v] for v in sorted(paths)[:3]}
     with pytest.raises(ValueError, match="no other video"):
         build_sft_examples(queries[:1], few | {queries[0]["video_id"]: "x"},
