@@ -53,7 +53,7 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cfg(workdir):
     """The embedded default, redirected into the session's temporary folder, with random
-    tiny models (tests/overrides.py says why), a 48-video corpus (`make train` uses 128) and shorter completions, to
+    tiny models (tests/overrides.py says why), a 48-video corpus (`make train` uses 256) and shorter completions, to
     keep `make test` inside its time budget; the tiny models are built (once) here."""
     from config import load_config
     from tests.overrides import TEST_MODELS
