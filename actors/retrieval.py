@@ -67,9 +67,10 @@ class QueryEncoderActor:
     """
 
     def __init__(self, embedder_dir: str, policy_dir: str | None, dtype: str, instruction: str,
-                 cpu_set: list[int]):
+                 cpu_set: list[int], refine_scale: float):
         pin_to_cpus(cpu_set)
-        self.embedder = Embedder(embedder_dir, policy_dir, dtype, instruction)
+        self.embedder = Embedder(embedder_dir, policy_dir, dtype, instruction,
+                                 refine_scale=refine_scale)
         self.heads_version = 0
 
     def soft_shape(self) -> tuple[int, int] | None:
@@ -109,6 +110,7 @@ class EncoderSpec:
     num_gpus: float = 0.0
     resources: dict = field(default_factory=dict)
     cpu_set: list[int] = field(default_factory=list)
+    refine_scale: float = 1.0  # sqr.refine_scale
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
@@ -130,7 +132,7 @@ class RetrievalRouter:
             num_cpus=encoder.num_cpus, num_gpus=encoder.num_gpus,
             resources=encoder.resources).remote(
             encoder.embedder_dir, encoder.policy_dir, encoder.dtype, encoder.instruction,
-            encoder.cpu_set)
+            encoder.cpu_set, encoder.refine_scale)
         self.heads_version, self.heads_ref = 0, None
         self.heads_lost = ray.get_runtime_context().was_current_actor_reconstructed
         self._coalesced = Coalescer(self._search_text_batch)
@@ -268,7 +270,8 @@ def start_retrieval(cfg: Config, index_dir: str | Path, *, encoder_gpus: float =
                        list(res.retrieval_cpu_set))
     encoder = EncoderSpec(str(embedder_dir), str(policy_dir), cfg.model.dtype,
                           cfg.model.embed_instruction, res.cpus_per_actor, encoder_gpus,
-                          role_resources(cfg, "retrieval"), list(res.retrieval_cpu_set))
+                          role_resources(cfg, "retrieval"), list(res.retrieval_cpu_set),
+                          cfg.sqr.refine_scale)
     router = RetrievalRouter.remote(shards, encoder)
     ray.get(router.ready.remote())
     return router

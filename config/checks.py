@@ -81,6 +81,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "sqr.fit_lr": above(0),
     "sqr.fit_batch_size": at_least(1),
     "sqr.fit_turns_per_query": at_least(1),
+    "sqr.refine_scale": above(0),
     "learner.sft_warmup_fraction": within(0, 1),
     "learner.sft_min_lr_ratio": within(0, 1),
     "learner.weight_decay": at_least(0),

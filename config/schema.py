@@ -161,14 +161,20 @@ class SQRConfig:
     latent_infonce_lambda: float = 0.3
     # fit_steps > 0: after SFT the heads are fit afresh (plain Adam, the policy frozen) to map
     # each not-matched turn's slot states onto the embedder's inputs of the query words the
-    # shown video lacks (learner.heads_fit). 0 keeps the heads SFT's InfoNCE left: on the
-    # default corpus the fit refines worse than next (docs/experiments.md, "The heads fit").
+    # shown video lacks (learner.heads_fit). 0 keeps the heads SFT's InfoNCE left; where the text
+    # already names what the video shows the fit refines worse than next (docs/experiments.md,
+    # "The heads fit"). On in cpu_tiny.
     fit_steps: int = 0
     fit_lr: float = 1e-3
     fit_batch_size: int = 32
     # not-matched turns per training query the fit learns from: its first k wrong videos (SFT's
     # turn shows the first; the others are text the policy did not memorise)
     fit_turns_per_query: int = 3
+    # How far the soft tokens move the query: refined = normalise(q(text) + scale * (q(text,
+    # soft) - q(text, 0))), in the query encoder and in the learner's InfoNCE alike. Below 1 a
+    # refinement that overshoots pushes the ground truth down less (docs/experiments.md, "the
+    # refinement's step").
+    refine_scale: float = 1.0
 
 
 @dataclass

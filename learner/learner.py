@@ -73,7 +73,8 @@ class Learner:
             from retrieval_service.embedder import Embedder
 
             self.embedder = Embedder(embedder_dir, None, cfg.model.dtype,
-                                     cfg.model.embed_instruction, cfg.video, device=str(self.device))
+                                     cfg.model.embed_instruction, cfg.video, device=str(self.device),
+                                     refine_scale=cfg.sqr.refine_scale)
         self.videos = VideoInputs(self.processor, cfg.video)
 
     @property

@@ -72,10 +72,12 @@ class Embedder:
 
     def __init__(self, model_dir: str | Path, policy_dir: str | Path | None = None,
                  dtype: str = "float32", instruction: str = "Represent the user's input.",
-                 video: VideoConfig | None = None, device: str | None = None):
+                 video: VideoConfig | None = None, device: str | None = None,
+                 refine_scale: float = 1.0):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.instruction = instruction
         self.video = video or VideoConfig()
+        self.refine_scale = refine_scale  # sqr.refine_scale: the step along what soft tokens change
         self.processor = load_processor(model_dir)
         self.tokenizer = self.processor.tokenizer
         self.model = load_embedder(model_dir, dtype).to(self.device).eval().requires_grad_(False)
@@ -149,7 +151,8 @@ class Embedder:
         """[B, D_emb] float32; differentiable w.r.t. soft_tokens [B, N, D] (no_grad is the caller's).
 
         With soft tokens, the refined vector is the plain query's plus what the soft tokens
-        change: normalise(q(text) + q(text, soft) - q(text, 0)), where q(text, 0) has zero
+        change, scaled: normalise(q(text) + s * (q(text, soft) - q(text, 0))), s =
+        `refine_scale`, where q(text, 0) has zero
         input embeddings at the slots. Zero soft inputs (the append projector's start) thus
         search exactly as the text does, whatever the embedder makes of extra positions (an
         embedder never trained with them turns the text plus 8 zero slots into a near-random
@@ -175,7 +178,8 @@ class Embedder:
         out = self.model(inputs_embeds=torch.cat([with_soft, with_zero]), attention_mask=mask,
                          position_ids=positions(mask))
         refined, baseline = self._normalise(out, mask).chunk(2)
-        return nn.functional.normalize(self._encode_text(texts) + refined - baseline, dim=-1)
+        step = self.refine_scale * (refined - baseline)
+        return nn.functional.normalize(self._encode_text(texts) + step, dim=-1)
 
     def word_inputs(self, words: list[tuple[str, ...]], num_slots: int) -> torch.Tensor:
         """[B, N, D_emb] float32: each row's words as the embedder reads them mid-sentence (the

@@ -19,14 +19,15 @@ def embedder(cfg, model_dirs):
     return out
 
 
-def manual_query(embedder, text: str, soft: torch.Tensor | None) -> torch.Tensor:
-    """One query, no padding: the plain query's vector plus what the slots change (the
-    same forward with zero slot inputs subtracted), L2 norm."""
+def manual_query(embedder, text: str, soft: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
+    """One query, no padding: the plain query's vector plus `scale` times what the slots change
+    (the same forward with zero slot inputs subtracted), L2 norm."""
     if soft is None:
         return raw_query(embedder, text, None)
     refined = raw_query(embedder, text, embedder.heads.to_embedder(soft))
     baseline = raw_query(embedder, text, torch.zeros(soft.shape[0], embedder.dim))
-    return torch.nn.functional.normalize(raw_query(embedder, text, None) + refined - baseline, dim=-1)
+    return torch.nn.functional.normalize(
+        raw_query(embedder, text, None) + scale * (refined - baseline), dim=-1)
 
 
 def raw_query(embedder, text: str, slot_embeds: torch.Tensor | None) -> torch.Tensor:
@@ -69,6 +70,23 @@ def test_soft_token_path_equals_manual_inputs_embeds_forward(embedder):
     plain = torch.stack([manual_query(embedder, t, None) for t in TEXTS])
     torch.testing.assert_close(embedder.encode_queries(TEXTS), plain, atol=1e-5, rtol=0)
     assert (batched - plain).norm(dim=-1).min() > 1e-3, "the soft tokens change the query"
+
+
+def test_refine_scale_steps_along_what_the_soft_tokens_change(embedder):
+    """`sqr.refine_scale` s: normalise(q(text) + s * (q(text, soft) - q(text, 0))); a smaller
+    step leaves the refined query nearer the plain one."""
+    n, d = embedder.soft_shape
+    soft = torch.randn(len(TEXTS), n, d, generator=torch.Generator().manual_seed(1))
+    plain = embedder.encode_queries(TEXTS)
+    full = embedder.encode_queries(TEXTS, soft)
+    embedder.refine_scale = 0.5
+    try:
+        half = embedder.encode_queries(TEXTS, soft)
+    finally:
+        embedder.refine_scale = 1.0
+    manual = torch.stack([manual_query(embedder, t, soft[i], 0.5) for i, t in enumerate(TEXTS)])
+    torch.testing.assert_close(half, manual, atol=1e-5, rtol=0)
+    assert ((half * plain).sum(-1) > (full * plain).sum(-1)).all()
 
 
 def test_a_zero_append_projector_searches_exactly_as_the_text(embedder):
