@@ -178,8 +178,9 @@ class Embedder:
         out = self.model(inputs_embeds=torch.cat([with_soft, with_zero]), attention_mask=mask,
                          position_ids=positions(mask))
         refined, baseline = self._normalise(out, mask).chunk(2)
-        step = self.refine_scale * (refined - baseline)
-        return nn.functional.normalize(self._encode_text(texts) + step, dim=-1)
+        # (text + s*refined) - s*baseline: at s = 1 the very floats of the unscaled read-out
+        s = self.refine_scale
+        return nn.functional.normalize(self._encode_text(texts) + s * refined - s * baseline, dim=-1)
 
     def word_inputs(self, words: list[tuple[str, ...]], num_slots: int) -> torch.Tensor:
         """[B, N, D_emb] float32: each row's words as the embedder reads them mid-sentence (the
