@@ -127,12 +127,12 @@ def _queries_of(s: Session, stage: str) -> list[Query]:
                          s.cfg.train.seed)
 
 
-def _sft_examples(s: Session, queries: list[Query], split: str,
-                  vectors: dict[str, np.ndarray], wrong_per_query: int = 1) -> list:
-    """SFT examples for a split's queries (their videos' moments only)."""
+def _sft_examples(s: Session, queries: list[Query], split: str, vectors: dict[str, np.ndarray],
+                  topk: dict, wrong_per_query: int = 1) -> list:
+    """SFT examples for a split's queries (their videos' moments only), from their text
+    search's `topk` (`_topk`, searched once for SFT and the heads fit)."""
     cfg = s.cfg
     videos = {q.video_id for q in queries}
-    topk = asyncio.run(_topk(s, queries, cfg.retrieval.topk))
     wanted = {q.query_id for q in queries}
     rows = [r for r in s.corpus.rows if r["query_id"] in wanted]
     return build_sft_examples(rows, s.corpus.video_paths, vectors, topk,
@@ -147,7 +147,8 @@ def stage_sft(s: Session, state: JobState) -> dict:
     ids, vecs = read_embeddings(s.index_dir / "embeddings" / s.results["index"]["model_id"])
     vectors = dict(zip(ids, vecs, strict=True))
     queries = _queries_of(s, "sft")
-    examples = _sft_examples(s, queries, "train", vectors)
+    ranked = asyncio.run(_topk(s, queries, cfg.retrieval.topk))
+    examples = _sft_examples(s, queries, "train", vectors, ranked)
     # The refined query's InfoNCE on the val split's not-matched turns, before and after; a
     # turn needs three of the split's videos (the ground truth, the one shown, a negative).
     val = s.corpus.queries("val")
@@ -155,7 +156,8 @@ def stage_sft(s: Session, state: JobState) -> dict:
         print(f"sft: no held-out InfoNCE: the val split has {n_val} videos, a turn needs 3",
               flush=True)
         val = []
-    heldout = [e for e in _sft_examples(s, val, "val", vectors)
+    heldout = [e for e in _sft_examples(s, val, "val", vectors,
+                                        asyncio.run(_topk(s, val, cfg.retrieval.topk)))
                if e.answer == "not_matched"] if val else []
     learner = LearnerGroup(cfg)
     learner.build("sft", s.policy_dir, s.embedder_dir,
@@ -169,7 +171,7 @@ def stage_sft(s: Session, state: JobState) -> dict:
         metrics = learner.sft_step(chunk)
         history.append(metrics)
         s.metrics.learner_step(metrics, stage="sft", step=step)
-    fit = learner.fit_heads(_sft_examples(s, queries, "train", vectors,
+    fit = learner.fit_heads(_sft_examples(s, queries, "train", vectors, ranked,
                                           cfg.sqr.fit_turns_per_query),
                             heldout) if cfg.sqr.fit_steps else None
     after = learner.sft_eval(heldout) if heldout else None
