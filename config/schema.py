@@ -172,8 +172,8 @@ class SQRConfig:
     fit_turns_per_query: int = 3
     # How far the soft tokens move the query: refined = normalise(q(text) + scale * (q(text,
     # soft) - q(text, 0))), in the query encoder and in the learner's InfoNCE alike. Below 1 a
-    # refinement that overshoots pushes the ground truth down less (docs/experiments.md, "the
-    # refinement's step").
+    # refinement that overshoots pushes the ground truth down less (0.5 in cpu_tiny;
+    # docs/experiments.md, "the refinement's step").
     refine_scale: float = 1.0
 
 
