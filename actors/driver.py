@@ -32,7 +32,7 @@ from actors.rollout_pool import WorkerPool, sync_weights, weights_from_export
 from actors.train_metrics import TrainMetrics
 from config.schema import Config
 from corpus.tables import CorpusTables, Query, load_built_corpus, load_corpus
-from evaluation.bootstrap import heldout_change
+from evaluation.bootstrap import heldout_report
 from learner.engine import sft_schedule
 from learner.sft_data import build_sft_examples
 from models.loading import model_dirs
@@ -171,9 +171,11 @@ def stage_sft(s: Session, state: JobState) -> dict:
         metrics = learner.sft_step(chunk)
         history.append(metrics)
         s.metrics.learner_step(metrics, stage="sft", step=step)
+    fitting = cfg.sqr.fit_steps > 0
+    stepped = learner.sft_eval(heldout) if heldout and fitting else None
     fit = learner.fit_heads(_sft_examples(s, queries, "train", vectors, ranked,
                                           cfg.sqr.fit_turns_per_query),
-                            heldout) if cfg.sqr.fit_steps else None
+                            heldout) if fitting else None
     after = learner.sft_eval(heldout) if heldout else None
     export = s.work / "checkpoints" / "sft_export"
     learner.export_hf(export)
@@ -183,15 +185,23 @@ def stage_sft(s: Session, state: JobState) -> dict:
     out = {"steps": len(history), "first": history[0] if history else {},
            "last": history[-1] if history else {}, "export": str(export)}
     if fit:
-        out["heads_fit"] = fit
         errors = [f"{k.replace('_', ' ')} {v[0]:.3f} -> {v[1]:.3f}" for k, v in fit.items()
                   if k != "steps"]
         print(f"sft: heads fit ({fit['steps']} steps): " + ", ".join(errors), flush=True)
+        out["heads_fit"] = fit
     if heldout:
-        out |= heldout_change(before, after)
+        report = heldout_report(before, after, stepped)
+        if "heads_fit" in report:  # measured only when the heads were fit
+            out["heads_fit"] |= report.pop("heads_fit")
+        out |= report
         print(f"sft: held-out InfoNCE {out['heldout_infonce'][0]:.3f} -> "
               f"{out['heldout_infonce'][1]:.3f}, change {out['heldout_infonce_change']} "
               f"({len(heldout)} val turns)", flush=True)
+        if stepped:
+            share = out["heads_fit"]
+            print(f"sft: of which SFT's steps -> {share['heldout_infonce'][0]:.3f}, the heads fit "
+                  f"-> {share['heldout_infonce'][1]:.3f}, change "
+                  f"{share['heldout_infonce_change']}", flush=True)
     return out
 
 

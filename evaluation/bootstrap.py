@@ -48,3 +48,14 @@ def heldout_change(before: list[dict], after: list[dict]) -> dict:
     return {"heldout_infonce": [mean(before, "infonce"), mean(after, "infonce")],
             "heldout_ce": [mean(before, "ce"), mean(after, "ce")],
             "heldout_infonce_change": [round(v, 4) for v in change], "heldout_turns": len(before)}
+
+
+def heldout_report(before: list[dict], after: list[dict], stepped: list[dict] | None) -> dict:
+    """`heldout_change` over the whole SFT stage, and with `stepped` (the turns measured after
+    SFT's steps, before the heads fit) the fit's own share under "heads_fit": the two move the
+    refinement by different objectives, so the stage's change alone hides which one moved it."""
+    out = heldout_change(before, after)
+    if stepped is not None:
+        fit = heldout_change(stepped, after)
+        out["heads_fit"] = {k: fit[k] for k in ("heldout_infonce", "heldout_infonce_change")}
+    return out

@@ -56,3 +56,18 @@ def test_heldout_change_pairs_the_turns():
     # every turn fell by 0.5: the paired interval is a point, though the means' spread is wide
     assert out["heldout_infonce_change"] == [-0.5, -0.5, -0.5]
     assert out["heldout_turns"] == 3
+
+
+def test_heldout_report_splits_the_stage_at_the_heads_fit():
+    from evaluation.bootstrap import heldout_report
+
+    before = [{"infonce": 3.0, "ce": 1.0}, {"infonce": 2.0, "ce": 2.0}]
+    stepped = [{"infonce": 2.0, "ce": 0.5}, {"infonce": 1.0, "ce": 0.5}]
+    after = [{"infonce": 2.5, "ce": 0.5}, {"infonce": 1.5, "ce": 0.5}]
+    whole = heldout_report(before, after, None)
+    assert "heads_fit" not in whole and whole["heldout_infonce"] == [2.5, 2.0]
+    split = heldout_report(before, after, stepped)
+    # SFT's steps lowered it by 1, the fit raised it by 0.5: the stage's -0.5 is their sum
+    assert split["heads_fit"] == {"heldout_infonce": [1.5, 2.0],
+                                  "heldout_infonce_change": [0.5, 0.5, 0.5]}
+    assert {k: v for k, v in split.items() if k != "heads_fit"} == whole
