@@ -50,8 +50,8 @@ def main(out: Path = typer.Option(Path("bench/results_gpu.json"), help="results 
         policy_dir = build_model(work / "policy", cfg, tokenizer, config)
         embedder_dir = build_model(work / "embedder", cfg, tokenizer, config, policy=False)
         corpus = preset_videos(cfg, VIDEOS, work / "corpus")
-        embedder = Embedder(embedder_dir, policy_dir, "bfloat16", cfg.model.embed_instruction,
-                            cfg.video, device="cuda")
+        embedder = Embedder.from_config(cfg, embedder_dir, policy_dir, dtype="bfloat16",
+                                        device="cuda")
         paths = sorted((corpus.out_dir / "videos").glob("*.mp4"))
         started = time.perf_counter()
         videos = [embedder.decode(p) for p in paths]

@@ -190,8 +190,7 @@ def indexing(work: Path) -> dict:
     pipeline_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    embedder = Embedder(embedder_dir, dtype=cfg.model.dtype, instruction=cfg.model.embed_instruction,
-                        video=cfg.video)
+    embedder = Embedder.from_config(cfg, embedder_dir)
     for s in range(0, len(rows), 4):
         embedder.encode_videos([embedder.decode(corpus.out_dir / r["path"]) for r in rows[s:s + 4]])
     loop_s = time.perf_counter() - start
@@ -206,8 +205,7 @@ def vr_r1(work: Path) -> dict:
                                                     f"paths.model_cache={work}/models"]))
     corpus = generate_corpus(cfg.corpus.synth, work / "corpus")
     policy_dir, embedder_dir = model_dirs(cfg)
-    embedder = Embedder(embedder_dir, policy_dir, cfg.model.dtype, cfg.model.embed_instruction,
-                        cfg.video)
+    embedder = Embedder.from_config(cfg, embedder_dir, policy_dir)
     rows = pq.read_table(corpus.videos_path).to_pylist()
     vectors = np.concatenate([
         embedder.encode_videos([embedder.decode(corpus.out_dir / r["path"]) for r in rows[s:s + 8]])

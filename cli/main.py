@@ -253,8 +253,7 @@ def experiment_sqr_oracle(config: list[str] = CONFIG_OPT, overrides: list[str] =
                       style="red")
         raise typer.Exit(1)
     queries = [(q.text, q.video_id) for q in s.corpus.queries(split)]
-    embedder = Embedder(s.embedder_dir, None, cfg.model.dtype, cfg.model.embed_instruction,
-                        cfg.video, device="cpu", refine_scale=cfg.sqr.refine_scale)
+    embedder = Embedder.from_config(cfg, s.embedder_dir, device="cpu")
     k = {0: cfg.learner.infonce_negatives, -1: len(ids) - 2}.get(negatives, negatives)
     result = sqr_oracle(embedder, queries, ids, vectors, cfg.sqr.num_tokens, k, steps=steps,
                         lr=lr, tau=cfg.learner.infonce_tau)

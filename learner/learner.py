@@ -72,9 +72,7 @@ class Learner:
         if needs_embedder:
             from retrieval_service.embedder import Embedder
 
-            self.embedder = Embedder(embedder_dir, None, cfg.model.dtype,
-                                     cfg.model.embed_instruction, cfg.video, device=str(self.device),
-                                     refine_scale=cfg.sqr.refine_scale)
+            self.embedder = Embedder.from_config(cfg, embedder_dir, device=str(self.device))
         self.videos = VideoInputs(self.processor, cfg.video)
 
     @property

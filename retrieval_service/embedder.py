@@ -94,6 +94,16 @@ class Embedder:
             self.heads = SQRHeads.load(policy_dir, torch_dtype(dtype))
             self.heads.to(self.device).eval().requires_grad_(False)
 
+    @classmethod
+    def from_config(cls, cfg, model_dir: str | Path, policy_dir: str | Path | None = None,
+                    **overrides) -> Embedder:
+        """The embedder as a Config sets it up (dtype, instruction, video sampling, the
+        refinement's step), so that a new key is one edit here; `overrides` for a caller that
+        differs (a GPU benchmark's dtype and device)."""
+        kwargs = dict(dtype=cfg.model.dtype, instruction=cfg.model.embed_instruction,
+                      video=cfg.video, refine_scale=cfg.sqr.refine_scale) | overrides
+        return cls(model_dir, policy_dir, **kwargs)
+
     def decode(self, path: str | Path) -> DecodedVideo:
         """A video sampled the way this embedder's index is built (the video config)."""
         return decode_video(path, self.video)

@@ -159,3 +159,21 @@ def test_word_inputs_are_the_embedders_inputs_of_the_words_mid_sentence(embedder
     assert not out[0, len(pieces):].any() and not out[1].any()
     # cut to the slots: 20 words fill 4
     assert (out[2].abs().sum(-1) > 0).all()
+
+
+def test_from_config_takes_the_configs_settings_and_a_callers_overrides(cfg, model_dirs):
+    """Every site that builds an embedder from the config goes through here: the refinement's
+    step and the instruction must reach it, and a benchmark's own dtype or step must win."""
+    import dataclasses
+
+    from retrieval_service.embedder import Embedder
+
+    policy_dir, embedder_dir = model_dirs
+    changed = dataclasses.replace(
+        cfg, sqr=dataclasses.replace(cfg.sqr, refine_scale=0.25),
+        model=dataclasses.replace(cfg.model, embed_instruction="Find the clip."))
+    built = Embedder.from_config(changed, embedder_dir, policy_dir, device="cpu")
+    assert (built.refine_scale, built.instruction) == (0.25, "Find the clip.")
+    assert built.video == cfg.video and built.heads is not None
+    plain = Embedder.from_config(changed, embedder_dir, refine_scale=1.0)
+    assert plain.refine_scale == 1.0 and plain.heads is None
