@@ -156,9 +156,11 @@ def stage_sft(s: Session, state: JobState) -> dict:
         print(f"sft: no held-out InfoNCE: the val split has {n_val} videos, a turn needs 3",
               flush=True)
         val = []
-    heldout = [e for e in _sft_examples(s, val, "val", vectors,
-                                        asyncio.run(_topk(s, val, cfg.retrieval.topk)))
-               if e.answer == "not_matched"] if val else []
+    heldout = []
+    if val:
+        val_ranked = asyncio.run(_topk(s, val, cfg.retrieval.topk))
+        heldout = [e for e in _sft_examples(s, val, "val", vectors, val_ranked)
+                   if e.answer == "not_matched"]
     learner = LearnerGroup(cfg)
     learner.build("sft", s.policy_dir, s.embedder_dir,
                   ds_overrides=sft_schedule(cfg.train.sft_steps, cfg.learner))
