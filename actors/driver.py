@@ -142,6 +142,20 @@ def _sft_examples(s: Session, queries: list[Query], split: str, vectors: dict[st
                               wrong_per_query=wrong_per_query)
 
 
+def heldout_examples(corpus: CorpusTables, val: list[Query], vectors: dict[str, np.ndarray],
+                     topk: dict, num_negatives: int, wrong_per_query: int, seed: int) -> list:
+    """The turns held-out InfoNCE is measured on: each val query's first `wrong_per_query`
+    wrong videos of its text search, shown and negatives drawn from the train and val splits'
+    videos, as the agent's search ranks the whole index (the val split alone holds too few
+    videos to be a search's pool). Never the test split's; nothing here is trained on."""
+    wanted = {q.query_id for q in val}
+    pool = corpus.annotated("train") + corpus.annotated("val")
+    rows = [r for r in corpus.rows if r["query_id"] in wanted]
+    return [e for e in build_sft_examples(rows, corpus.video_paths, vectors, topk, num_negatives,
+                                          seed, annotated=pool, wrong_per_query=wrong_per_query)
+            if e.answer == "not_matched"]
+
+
 def stage_sft(s: Session, state: JobState) -> dict:
     cfg = s.cfg
     ids, vecs = read_embeddings(s.index_dir / "embeddings" / s.results["index"]["model_id"])
@@ -149,18 +163,14 @@ def stage_sft(s: Session, state: JobState) -> dict:
     queries = _queries_of(s, "sft")
     ranked = asyncio.run(_topk(s, queries, cfg.retrieval.topk))
     examples = _sft_examples(s, queries, "train", vectors, ranked)
-    # The refined query's InfoNCE on the val split's not-matched turns, before and after; a
-    # turn needs three of the split's videos (the ground truth, the one shown, a negative).
+    # The refined query's InfoNCE on the val queries' not-matched turns, before and after.
     val = s.corpus.queries("val")
-    if val and (n_val := len({q.video_id for q in val})) < 3:
-        print(f"sft: no held-out InfoNCE: the val split has {n_val} videos, a turn needs 3",
-              flush=True)
-        val = []
     heldout = []
     if val:
         val_ranked = asyncio.run(_topk(s, val, cfg.retrieval.topk))
-        heldout = [e for e in _sft_examples(s, val, "val", vectors, val_ranked)
-                   if e.answer == "not_matched"]
+        heldout = heldout_examples(s.corpus, val, vectors, val_ranked,
+                                   cfg.learner.infonce_negatives, cfg.sqr.fit_turns_per_query,
+                                   cfg.train.seed)
     learner = LearnerGroup(cfg)
     learner.build("sft", s.policy_dir, s.embedder_dir,
                   ds_overrides=sft_schedule(cfg.train.sft_steps, cfg.learner))

@@ -77,6 +77,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "sqr.latent_loss_weight": at_least(0),
     "sqr.latent_clip_eps": at_least(0),
     "sqr.latent_infonce_lambda": at_least(0),
+    "sqr.slot_word_weight": at_least(0),
     "sqr.fit_steps": at_least(0),
     "sqr.fit_lr": above(0),
     "sqr.fit_batch_size": at_least(1),

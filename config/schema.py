@@ -159,6 +159,10 @@ class SQRConfig:
     # lambda x InfoNCE of the refined query (the mean's, as in SFT) added to GRPO's loss under
     # the latent policy: the heads keep a dense retrieval signal beside the reward's.
     latent_infonce_lambda: float = 0.3
+    # > 0: SFT also trains the policy's logits at the slots to name the words the shown video
+    # lacks (learner.losses.slot_word_loss), so the slot states carry them for unseen queries
+    # and the heads fit maps words, not memorised turns (docs/experiments.md, "slot words").
+    slot_word_weight: float = 0.0
     # fit_steps > 0: after SFT the heads are fit afresh (plain Adam, the policy frozen) to map
     # each not-matched turn's slot states onto the embedder's inputs of the query words the
     # shown video lacks (learner.heads_fit). 0 keeps the heads SFT's InfoNCE left; where the text

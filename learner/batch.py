@@ -18,6 +18,7 @@ import torch
 
 from config.schema import VideoConfig
 from corpus.video import DecodedVideo, decode_video
+from learner.losses import IGNORE
 from models.prompts import hf_video_inputs
 
 
@@ -37,6 +38,7 @@ class Row:
     latent_action: np.ndarray | None = None  # [N, D] the soft tokens searched (latent policy)
     latent_weight: float = 0.0  # 1 where the turn refined with a sampled action
     stale: bool = False  # sampled by an older policy than the one trained (decoupled PPO)
+    slot_words: list[int] | None = None  # SFT: token ids the slots' logits should name, <= N
 
     def filler(self) -> Row:
         return dataclasses.replace(self, advantage=0.0, weight=0.0, nce_weight=0.0,
@@ -71,6 +73,14 @@ class Batch:
         actions = np.stack([np.zeros(shape, np.float32) if r.latent_action is None
                             else np.asarray(r.latent_action, np.float32) for r in self.rows])
         return torch.from_numpy(actions).to(device)
+
+    def slot_labels(self, num_slots: int, device) -> torch.Tensor:
+        """[B, N] long: each row's slot words, IGNORE after them and in rows without any."""
+        labels = torch.full((len(self.rows), num_slots), IGNORE, dtype=torch.long)
+        for i, r in enumerate(self.rows):
+            if r.slot_words and r.weight:
+                labels[i, :len(r.slot_words)] = torch.tensor(r.slot_words[:num_slots])
+        return labels.to(device)
 
     def stale(self, device) -> torch.Tensor:
         """[B] bool: rows sampled by an older policy than the learner's."""

@@ -106,9 +106,10 @@ class Learner:
         self._require("sft")
         started = time.perf_counter()
         rows = sft_rows(examples, self.processor, self.videos, self.slot_id, self.cfg.sqr.num_tokens)
-        metrics = self._finish(self._train(rows, SFTLoss(self.cfg.learner, self.embedder),
-                                           normalisers), started)
-        metrics["loss"] = metrics["ce"] + self.cfg.learner.infonce_lambda * metrics["infonce"]
+        loss = SFTLoss(self.cfg.learner, self.embedder, self.cfg.sqr.slot_word_weight)
+        metrics = self._finish(self._train(rows, loss, normalisers), started)
+        metrics["loss"] = (metrics["ce"] + self.cfg.learner.infonce_lambda * metrics["infonce"]
+                           + self.cfg.sqr.slot_word_weight * metrics["slot_words"])
         return metrics
 
     def sft_eval(self, examples: list[SFTExample]) -> list[dict[str, float]]:
@@ -117,7 +118,7 @@ class Learner:
         (the training batch's InfoNCE cannot)."""
         self._require("sft")
         rows = sft_rows(examples, self.processor, self.videos, self.slot_id, self.cfg.sqr.num_tokens)
-        loss, out = SFTLoss(self.cfg.learner, self.embedder), []
+        loss, out = SFTLoss(self.cfg.learner, self.embedder, self.cfg.sqr.slot_word_weight), []
         with torch.no_grad():
             for row in rows:
                 stats = Stats()

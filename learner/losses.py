@@ -12,6 +12,8 @@ from torch import Tensor
 
 from config.schema import KLEstimator, LossAggregation
 
+IGNORE = -100  # a label cross_entropy skips
+
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     # clamp: an all-masked batch gives 0 instead of NaN.
@@ -210,9 +212,19 @@ def refinement_target_error(soft: Tensor, target: Tensor) -> Tensor:
     return torch.where(norm > 0, err / norm.clamp(min=1e-12), err * 0.0)
 
 
-def sft_loss(ce: Tensor, nce: Tensor, lam: float) -> Tensor:
-    """SFT objective: language-model CE plus lam times the retrieval InfoNCE on the query latents."""
-    return ce + lam * nce
+def slot_word_loss(slot_logits: Tensor, labels: Tensor) -> Tensor:
+    """Summed cross-entropy of the policy's logits at the SQR slots [B, N, V] against the words
+    each slot should name [B, N] (IGNORE elsewhere): it makes the slot states carry the words
+    the shown video lacks, which the heads then map word by word into the embedder."""
+    return F.cross_entropy(slot_logits.flatten(0, 1).float(), labels.flatten(),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+def sft_loss(ce: Tensor, nce: Tensor, lam: float, slot_ce: Tensor | float = 0.0,
+             slot_weight: float = 0.0) -> Tensor:
+    """SFT objective: language-model CE plus lam times the retrieval InfoNCE on the query
+    latents, plus slot_weight times the slot words' CE."""
+    return ce + lam * nce + slot_weight * slot_ce
 
 
 LATENT_DUAL_CLIP = 3.0  # a negative advantage costs at most 3 x |A| however far the ratio grew

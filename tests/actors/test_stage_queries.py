@@ -71,3 +71,30 @@ def test_heldout_report_splits_the_stage_at_the_heads_fit():
     assert split["heads_fit"] == {"heldout_infonce": [1.5, 2.0],
                                   "heldout_infonce_change": [0.5, 0.5, 0.5]}
     assert {k: v for k, v in split.items() if k != "heads_fit"} == whole
+
+
+def test_heldout_turns_show_the_val_queries_videos_a_whole_index_search_ranks():
+    import numpy as np
+
+    from actors.driver import heldout_examples
+    from corpus.tables import CorpusTables
+
+    splits = {"t0": "train", "t1": "train", "t2": "train", "t3": "train", "v0": "val",
+              "v1": "val", "x0": "test"}
+    rows = [{"query_id": f"{v}:q", "text": f"a red circle moves left {v}", "video_id": v,
+             "start_s": 0.0, "end_s": 1.0, "split": split} for v, split in splits.items()]
+    corpus = CorpusTables("videos.parquet", "queries.parquet", {v: f"/{v}.mp4" for v in splits}, rows)
+    rng = np.random.default_rng(0)
+    vectors = {v: (x / np.linalg.norm(x)).astype(np.float32)
+               for v, x in ((v, rng.normal(size=4)) for v in splits)}
+    # the text search ranks a test video first: it is never shown, nor a negative
+    topk = {"v0:q": ["x0", "t2", "v1", "t0", "v0"], "v1:q": ["v1", "t3"]}
+    turns = heldout_examples(corpus, corpus.queries("val"), vectors, topk, num_negatives=3,
+                             wrong_per_query=2, seed=0)
+    assert sorted((e.query_id, e.video_id) for e in turns) == [
+        ("v0:q", "t2"), ("v0:q", "v1"), ("v1:q", "t3")]
+    for e in turns:
+        negatives = {tuple(n) for n in e.negatives}
+        assert tuple(vectors["x0"]) not in negatives  # no test video
+        assert tuple(vectors[e.video_id]) not in negatives  # nor the rejected one
+        assert np.array_equal(e.positive, vectors[e.query_id.split(":")[0]])

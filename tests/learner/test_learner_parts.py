@@ -321,6 +321,49 @@ def test_sft_gradient_reaches_the_refine_projector_only_through_infonce(
     assert all(g is None or not g.any() for g in head_grads(matched_only).values())
 
 
+def test_slot_words_train_the_logits_at_the_slots_to_name_what_the_video_lacks(
+        learner_cfg, model_dirs, processor, sft_examples):
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from learner.batch import collate as collate_rows
+    from learner.losses import IGNORE
+    from learner.module import PolicyWithHeads
+    from learner.sft import SFTLoss, normalisers, sft_rows
+    from learner.stats import Stats
+    from models.loading import load_policy
+    from models.tokens import SQR_SLOT_TOKEN
+    from retrieval_service.embedder import Embedder
+
+    cfg, n = learner_cfg, learner_cfg.sqr.num_tokens
+    module = PolicyWithHeads(*load_policy(model_dirs[0]))
+    embedder = Embedder(model_dirs[1], None, video=cfg.video)
+    slot = processor.tokenizer.convert_tokens_to_ids(SQR_SLOT_TOKEN)
+    kinds = {e.answer: e for e in sft_examples}
+    lacking = dataclasses.replace(kinds["not_matched"], refine_words=("red", "left"))
+    rows = sft_rows([kinds["matched"], lacking], processor, VideoInputs(processor, cfg.video), slot, n)
+    words = [processor.tokenizer(" " + w, add_special_tokens=False).input_ids for w in ("red", "left")]
+    assert rows[0].slot_words is None and rows[1].slot_words == [t for w in words for t in w]
+    batch = collate_rows(rows, processor, 2, "cpu")
+    labels = batch.slot_labels(n, "cpu")
+    assert (labels[0] == IGNORE).all() and labels[1, :2].tolist() == rows[1].slot_words
+    assert (labels[1, 2:] == IGNORE).all()
+
+    # the term is the CE of a whole-row forward's logits at the row's last N positions
+    with torch.no_grad():
+        r = rows[1]
+        logits = module.policy(input_ids=torch.tensor([r.ids]), **r.video,
+                               mm_token_type_ids=mm_token_type_ids(processor, r.ids)).logits[0]
+        want = F.cross_entropy(logits[len(r.ids) - n:][:2].float(), labels[1, :2])
+        norms = normalisers(rows)
+        assert norms[2] == 2.0
+        stats, plain = Stats(), SFTLoss(cfg.learner, embedder)(module, batch, (0, 0), norms, Stats())
+        weighted = SFTLoss(cfg.learner, embedder, 0.5)(module, batch, (0, 0), norms, stats)
+    assert stats.reduce()["slot_words"] == pytest.approx(want.item(), rel=1e-4)
+    assert (weighted - plain).item() == pytest.approx(0.5 * want.item(), rel=1e-4)
+
+
 def test_prune_keeps_the_newest_checkpoints_and_the_latest(tmp_path):
     from learner.checkpoint import prune
 

@@ -278,6 +278,17 @@ def test_info_nce_by_hand_and_grad_to_query():
 
 def test_sft_loss_combines():
     assert sft_loss(torch.tensor(1.0), torch.tensor(2.0), 0.3).item() == pytest.approx(1.6)
+    assert sft_loss(torch.tensor(1.0), torch.tensor(2.0), 0.3, torch.tensor(4.0), 0.5).item() \
+        == pytest.approx(3.6)
+
+
+def test_slot_word_loss_sums_the_named_slots_only():
+    from learner.losses import IGNORE, slot_word_loss
+
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]]))
+    labels = torch.tensor([[0, 1, IGNORE]])
+    assert slot_word_loss(logits, labels).item() == pytest.approx(-math.log(0.5) - math.log(0.8))
+    assert slot_word_loss(logits, torch.full_like(labels, IGNORE)).item() == 0.0
 
 
 def test_the_latent_policy_density_is_a_diagonal_gaussian():
