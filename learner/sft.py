@@ -7,6 +7,8 @@ the rollout, and causal attention keeps them from changing the target tokens' lo
 forward serves both terms. The soft tokens (already through both projectors) replace the slot
 embeddings of the frozen embedder, whose gradient flows back into the projectors and the policy.
 InfoNCE counts only not-matched rows: after a matched answer nothing is searched again.
+With sqr.slot_word_weight > 0 the same forward's logits at the slots are also trained to name
+the words the shown video lacks (losses.slot_word_loss).
 """
 
 from __future__ import annotations

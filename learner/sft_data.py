@@ -43,7 +43,7 @@ class SFTExample:
     positive: np.ndarray  # [D_emb] the ground-truth video's vector
     negatives: np.ndarray  # [K, D_emb]
     # not matched: the query's words the check finds differing in the shown video (what the
-    # refinement should add to the search; SFTLoss's target term)
+    # refinement should add to the search: the heads fit's target, SFT's slot words)
     refine_words: tuple[str, ...] = ()
 
 
