@@ -134,15 +134,17 @@ def test_fig_presets_are_the_papers_setup_on_a_built_corpus(preset):
 @pytest.mark.parametrize("preset", FIG_PRESETS + ("qwen3vl_2b",))
 def test_local_tiny_layered_last_leaves_nothing_of_the_cluster(preset):
     """`-c <preset> -c local_tiny` is the embedded default's setup on the preset's corpus:
-    local_tiny sets every key a GPU preset sets. The heads fit and the refinement's step are
-    cpu_tiny's own, like its corpus: they were measured where queries hide a detail from the
-    text search."""
+    local_tiny sets every key a GPU preset sets. The slot words, the heads fit and the
+    refinement's step are cpu_tiny's own, like its corpus: they were measured where queries hide
+    a detail from the text search."""
     local = load_config([preset, "local_tiny"])
     default = load_config("cpu_tiny")
-    assert (local.sqr.fit_steps, local.sqr.refine_scale) == (0, 1.0)
-    assert (default.sqr.fit_steps, default.sqr.refine_scale) == (1500, 0.5)
+    own = ("slot_word_weight", "fit_steps", "refine_scale")
+    assert tuple(getattr(local.sqr, k) for k in own) == (0.0, 0, 1.0)
+    assert tuple(getattr(default.sqr, k) for k in own) == (0.1, 1500, 0.5)
     local.corpus, local.paths.workdir = default.corpus, default.paths.workdir
-    local.sqr.fit_steps, local.sqr.refine_scale = default.sqr.fit_steps, default.sqr.refine_scale
+    for k in own:
+        setattr(local.sqr, k, getattr(default.sqr, k))
     assert to_yaml(local) == to_yaml(default)
 
 
